@@ -1,0 +1,1 @@
+//! Fuzz entry points: one pub fn per target, replayed by cargo test.
