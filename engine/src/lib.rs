@@ -1,0 +1,2 @@
+//! usernet engine (being written).
+pub mod ns;

@@ -1,0 +1,1 @@
+//! Namespaces, the TAP device and interface configuration (being written).
