@@ -1,0 +1,642 @@
+//! The relay state machine: id remapping, the pending table, failover.
+//!
+//! # Theory of operation
+//!
+//! **Goal.** Give the guest the host's DNS without re-synthesising anything:
+//! a guest query leaves for an upstream with only its 16-bit transaction id
+//! changed, and the upstream's answer returns to the guest with only the id
+//! changed back. Record types, EDNS options, the TC bit and DNSSEC bits are
+//! bytes we never look at, so they survive. The exceptions are the engine's
+//! own names ([`RelayConfig::local_names`]), answered here (see `local.rs`).
+//!
+//! **Why rewrite ids.** All guests' queries share the engine's upstream
+//! sockets, so two guests (or one guest after a restart) may pick the same
+//! id; and on failover the same query goes to a second server. A fresh
+//! random id, unique among pending queries, names the query unambiguously.
+//!
+//! **State.** One [`Pending`] entry per forwarded query, keyed by the new id
+//! in a `HashMap` (ids are ours and random, so the default hasher is fine).
+//! It holds the guest's handle and id, the query bytes as sent (for
+//! re-sending; at most `max_query_len` bytes), the upstreams tried so far and
+//! the current deadline. A `BTreeSet<(deadline, id)>` orders the deadlines, so
+//! [`Relay::poll_at`] is O(log n) and [`Relay::on_timeout`] touches only the
+//! expired entries. Query buffers of finished entries go to a small spare
+//! list and are reused, so the steady state does not allocate per query.
+//!
+//! **Matching.** An answer is delivered only if its id is pending, it comes
+//! from an address this query was sent to (a late answer from the first
+//! server after failover is still good), and its question equals the one
+//! sent (name compared ignoring ASCII case, type and class exactly). The one
+//! exception is a FORMERR without a question, which servers send to queries
+//! they cannot parse (glibc accepts it too). Anything else is
+//! [`AnswerAction::Unmatched`] and leaves the pending entry alone, so a
+//! spoofed answer cannot cancel the real one.
+//!
+//! **Expiry.** Each try lives `try_timeout`. When it expires the query goes
+//! to the next upstream in the list (wrapping), until `max_tries` tries in
+//! total; then it is forgotten and the guest gets nothing, exactly as if a
+//! real server had not answered (the guest's resolver has its own timeout).
+//! Failover is sticky: the relay starts new queries at a *preferred*
+//! upstream, which moves on when a try to it times out and moves to whichever
+//! upstream last answered, so a dead first server costs one timeout, not one
+//! per query.
+//!
+//! **Limits.** Pending entries ≤ `max_pending` (≤ [`MAX_PENDING_LIMIT`]),
+//! each ≤ `max_query_len` bytes (≤ [`MAX_QUERY_LEN_LIMIT`]); tries per query
+//! ≤ [`MAX_TRIES_LIMIT`]. A full table drops new queries
+//! ([`DropReason::TableFull`]); it never evicts older ones.
+//!
+//! **Not handled.** Identical retransmissions from the guest are forwarded
+//! again as separate queries (the guest takes the first answer). DNS over
+//! TCP is the engine's TCP proxy's business, not this relay's.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::local;
+use crate::rng::SplitMix64;
+use crate::wire::{
+    self, HEADER_LEN, Header, MIN_RECORD_LEN, NameBuf, NameError, Question, class, rcode,
+};
+
+/// Default per-try timeout (glibc's `RES_TIMEOUT` is 5 s; 2 s fails over
+/// sooner while staying above any sane upstream round trip).
+pub const DEFAULT_TRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default total tries per query, across upstreams.
+pub const DEFAULT_MAX_TRIES: usize = 3;
+/// Default bound on pending queries.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+/// Default longest accepted query, in bytes (EDNS queries are ~50-100 bytes).
+pub const DEFAULT_MAX_QUERY_LEN: usize = 4096;
+/// The guest-visible gateway address answered for local names.
+pub const DEFAULT_LOCAL_ADDR4: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+
+/// Hard ceiling on `max_pending`: half the id space, so a random id is free
+/// with probability ≥ 1/2 and id selection stays cheap.
+pub const MAX_PENDING_LIMIT: usize = 32_768;
+/// Hard ceiling on `max_tries` (tries are recorded in a fixed array).
+pub const MAX_TRIES_LIMIT: usize = 8;
+/// Hard ceiling on `max_query_len`: the largest UDP payload.
+pub const MAX_QUERY_LEN_LIMIT: usize = 65_535;
+/// Most finished query buffers kept for reuse.
+const SPARE_BUFFERS: usize = 64;
+/// Random id draws before falling back to a linear probe.
+const ID_DRAWS: usize = 16;
+
+/// Configuration of a [`Relay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Upstream servers, usually port 53, in preference order.
+    pub upstreams: Vec<SocketAddr>,
+    /// How long one try waits for an answer before the next upstream is tried.
+    pub try_timeout: Duration,
+    /// Total tries per query across all upstreams (clamped to
+    /// 1..=[`MAX_TRIES_LIMIT`]).
+    pub max_tries: usize,
+    /// Most queries awaiting an answer (clamped to [`MAX_PENDING_LIMIT`]).
+    pub max_pending: usize,
+    /// Longer queries are dropped, in bytes (clamped to
+    /// [`MAX_QUERY_LEN_LIMIT`]). Also bounds each pending entry's memory.
+    pub max_query_len: usize,
+    /// Names answered locally, case-insensitive, trailing dot optional.
+    /// Malformed entries (empty or over-long labels) are ignored.
+    pub local_names: Vec<String>,
+    /// Address given for A queries of local names (the gateway).
+    pub local_addr4: Ipv4Addr,
+    /// Address given for AAAA queries of local names; `None` answers NODATA.
+    pub local_addr6: Option<Ipv6Addr>,
+    /// Seed of the id generator; draw it from the OS once.
+    pub rng_seed: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            upstreams: Vec::new(),
+            try_timeout: DEFAULT_TRY_TIMEOUT,
+            max_tries: DEFAULT_MAX_TRIES,
+            max_pending: DEFAULT_MAX_PENDING,
+            max_query_len: DEFAULT_MAX_QUERY_LEN,
+            local_names: Vec::new(),
+            local_addr4: DEFAULT_LOCAL_ADDR4,
+            local_addr6: None,
+            rng_seed: 0,
+        }
+    }
+}
+
+/// What to do with a guest query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryAction {
+    /// A local answer of `len` bytes is in `out`; send it back to the guest.
+    Local {
+        /// Length of the answer in `out`.
+        len: usize,
+    },
+    /// The query with a fresh id (`len` bytes) is in `out`; send it to
+    /// `upstream`.
+    Forward {
+        /// Where to send it.
+        upstream: SocketAddr,
+        /// Length of the query in `out`.
+        len: usize,
+    },
+    /// Nothing to send.
+    Drop(DropReason),
+}
+
+/// Why a guest query was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Longer than `max_query_len`.
+    TooLong,
+    /// Shorter than the 12-byte header.
+    ShortHeader,
+    /// QR bit set: a response, not a query.
+    NotAQuery,
+    /// QDCOUNT is not 1, or the other counts cannot fit in the message.
+    BadCounts,
+    /// The question could not be read.
+    BadName(NameError),
+    /// No upstream configured.
+    NoUpstream,
+    /// The pending table is full.
+    TableFull,
+    /// The caller's `out` buffer is too small for the message.
+    OutTooSmall,
+}
+
+impl DropReason {
+    /// A short, stable name for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::TooLong => "too_long",
+            DropReason::ShortHeader => "short_header",
+            DropReason::NotAQuery => "not_a_query",
+            DropReason::BadCounts => "bad_counts",
+            DropReason::BadName(e) => e.as_str(),
+            DropReason::NoUpstream => "no_upstream",
+            DropReason::TableFull => "table_full",
+            DropReason::OutTooSmall => "out_too_small",
+        }
+    }
+
+    /// True for reasons caused by the query's bytes (counted in
+    /// [`Counters::dropped_malformed`]).
+    pub const fn is_malformed(self) -> bool {
+        matches!(
+            self,
+            DropReason::TooLong
+                | DropReason::ShortHeader
+                | DropReason::NotAQuery
+                | DropReason::BadCounts
+                | DropReason::BadName(_)
+        )
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do with an upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerAction<C> {
+    /// The answer with the guest's id (`len` bytes) is in `out`; send it to
+    /// `client`.
+    Deliver {
+        /// The handle given to [`Relay::on_query`].
+        client: C,
+        /// Length of the answer in `out`.
+        len: usize,
+    },
+    /// Not an answer to any pending query; nothing to send.
+    Unmatched(UnmatchedReason),
+}
+
+/// Why an upstream answer was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnmatchedReason {
+    /// Shorter than the 12-byte header.
+    ShortHeader,
+    /// QR bit clear.
+    NotAResponse,
+    /// No pending query has this id: late (after give-up or a first answer)
+    /// or unknown.
+    UnknownId,
+    /// The id is pending but the query was never sent to this address.
+    WrongUpstream,
+    /// The question section differs from the one sent, or cannot be read.
+    QuestionMismatch,
+    /// The caller's `out` buffer is too small; the query stays pending.
+    OutTooSmall,
+}
+
+impl UnmatchedReason {
+    /// A short, stable name for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnmatchedReason::ShortHeader => "short_header",
+            UnmatchedReason::NotAResponse => "not_a_response",
+            UnmatchedReason::UnknownId => "unknown_id",
+            UnmatchedReason::WrongUpstream => "wrong_upstream",
+            UnmatchedReason::QuestionMismatch => "question_mismatch",
+            UnmatchedReason::OutTooSmall => "out_too_small",
+        }
+    }
+}
+
+impl fmt::Display for UnmatchedReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Event counters. Every call to [`Relay::on_query`] adds one to `queries`
+/// and exactly one to `local_answers`, `forwarded` or a `dropped_*` field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Guest queries seen.
+    pub queries: u64,
+    /// Queries answered locally.
+    pub local_answers: u64,
+    /// Queries forwarded upstream (first tries).
+    pub forwarded: u64,
+    /// Re-sends to the next upstream after a timeout.
+    pub retries: u64,
+    /// Answers delivered to guests.
+    pub answered: u64,
+    /// Queries given up after `max_tries`.
+    pub timeouts: u64,
+    /// Queries dropped for their content ([`DropReason::is_malformed`]).
+    pub dropped_malformed: u64,
+    /// Queries dropped because the pending table was full.
+    pub dropped_table_full: u64,
+    /// Queries dropped for want of an upstream or of `out` space.
+    pub dropped_other: u64,
+    /// Upstream messages not delivered (any [`UnmatchedReason`]).
+    pub unmatched_answers: u64,
+}
+
+/// One forwarded query awaiting its answer.
+#[derive(Debug)]
+struct Pending<C> {
+    client: C,
+    guest_id: u16,
+    /// The query as sent (with the new id).
+    query: Vec<u8>,
+    /// End of the question section in `query`.
+    question_end: usize,
+    /// Addresses tried, oldest first; `tried[n_tried - 1]` is the current try.
+    tried: [SocketAddr; MAX_TRIES_LIMIT],
+    n_tried: usize,
+    deadline: Instant,
+}
+
+impl<C> Pending<C> {
+    fn was_sent_to(&self, addr: SocketAddr) -> bool {
+        self.tried.iter().take(self.n_tried).any(|&a| a == addr)
+    }
+
+    fn current(&self) -> Option<SocketAddr> {
+        self.tried.get(self.n_tried.checked_sub(1)?).copied()
+    }
+}
+
+/// The sans-IO DNS relay. `C` is the engine's opaque client handle (for
+/// example the guest's `SocketAddr`), returned with the matching answer.
+#[derive(Debug)]
+pub struct Relay<C: Copy> {
+    cfg: RelayConfig,
+    local_names: Vec<NameBuf>,
+    pending: HashMap<u16, Pending<C>>,
+    deadlines: BTreeSet<(Instant, u16)>,
+    rng: SplitMix64,
+    /// Index into `cfg.upstreams` where new queries start.
+    preferred: usize,
+    spare: Vec<Vec<u8>>,
+    counters: Counters,
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+impl<C: Copy> Relay<C> {
+    /// Creates a relay; out-of-range limits are clamped (see [`RelayConfig`]).
+    pub fn new(mut cfg: RelayConfig) -> Self {
+        cfg.max_tries = cfg.max_tries.clamp(1, MAX_TRIES_LIMIT);
+        cfg.max_pending = cfg.max_pending.min(MAX_PENDING_LIMIT);
+        cfg.max_query_len = cfg.max_query_len.min(MAX_QUERY_LEN_LIMIT);
+        let local_names = cfg
+            .local_names
+            .iter()
+            .filter_map(|n| wire::encode_name(n))
+            .collect();
+        Relay {
+            rng: SplitMix64::new(cfg.rng_seed),
+            cfg,
+            local_names,
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            preferred: 0,
+            spare: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Replaces the upstream list (resolv.conf changed). Pending queries keep
+    /// their matching state and take their next try from the new list.
+    pub fn set_upstreams(&mut self, ups: Vec<SocketAddr>) {
+        self.cfg.upstreams = ups;
+        self.preferred = 0;
+    }
+
+    /// The current upstream list.
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.cfg.upstreams
+    }
+
+    /// Handles a guest query (a UDP payload). Either a local answer is
+    /// written into `out`, or the query with a fresh id is written into `out`
+    /// for sending to `upstream`, or it is dropped with a reason.
+    pub fn on_query(
+        &mut self,
+        now: Instant,
+        client: C,
+        query: &[u8],
+        out: &mut [u8],
+    ) -> QueryAction {
+        self.counters.queries += 1;
+        let action = self.query(now, client, query, out);
+        let c = &mut self.counters;
+        match action {
+            QueryAction::Local { .. } => c.local_answers += 1,
+            QueryAction::Forward { .. } => c.forwarded += 1,
+            QueryAction::Drop(r) if r.is_malformed() => c.dropped_malformed += 1,
+            QueryAction::Drop(DropReason::TableFull) => c.dropped_table_full += 1,
+            QueryAction::Drop(_) => c.dropped_other += 1,
+        }
+        action
+    }
+
+    fn query(&mut self, now: Instant, client: C, query: &[u8], out: &mut [u8]) -> QueryAction {
+        use QueryAction::Drop;
+        if query.len() > self.cfg.max_query_len {
+            return Drop(DropReason::TooLong);
+        }
+        let Ok(h) = Header::new_checked(query) else {
+            return Drop(DropReason::ShortHeader);
+        };
+        if h.is_response() {
+            return Drop(DropReason::NotAQuery);
+        }
+        if h.qdcount() != 1 {
+            return Drop(DropReason::BadCounts);
+        }
+        let q = match Question::parse(query, HEADER_LEN) {
+            Ok(q) => q,
+            Err(e) => return Drop(DropReason::BadName(e)),
+        };
+        let records =
+            usize::from(h.ancount()) + usize::from(h.nscount()) + usize::from(h.arcount());
+        if records * MIN_RECORD_LEN > query.len().saturating_sub(q.end) {
+            return Drop(DropReason::BadCounts);
+        }
+
+        if h.opcode() == wire::opcode::QUERY
+            && matches!(q.qclass, class::IN | wire::rtype::ANY)
+            && self
+                .local_names
+                .iter()
+                .any(|n| q.name.eq_ignore_case(n.as_wire()))
+        {
+            return match local::write_answer(
+                query,
+                &q,
+                self.cfg.local_addr4,
+                self.cfg.local_addr6,
+                out,
+            ) {
+                Some(len) => QueryAction::Local { len },
+                None => Drop(DropReason::OutTooSmall),
+            };
+        }
+
+        let n_ups = self.cfg.upstreams.len();
+        if n_ups == 0 {
+            return Drop(DropReason::NoUpstream);
+        }
+        if self.pending.len() >= self.cfg.max_pending {
+            return Drop(DropReason::TableFull);
+        }
+        let Some(dst) = out.get_mut(..query.len()) else {
+            return Drop(DropReason::OutTooSmall);
+        };
+        let upstream = self
+            .cfg
+            .upstreams
+            .get(self.preferred % n_ups)
+            .copied()
+            .unwrap_or(UNSPECIFIED);
+        let id = self.fresh_id();
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(query);
+        Header::new_unchecked(&mut buf[..]).set_id(id);
+        dst.copy_from_slice(&buf);
+
+        let deadline = now + self.cfg.try_timeout;
+        let mut tried = [UNSPECIFIED; MAX_TRIES_LIMIT];
+        tried[0] = upstream;
+        self.pending.insert(
+            id,
+            Pending {
+                client,
+                guest_id: h.id(),
+                query: buf,
+                question_end: q.end,
+                tried,
+                n_tried: 1,
+                deadline,
+            },
+        );
+        self.deadlines.insert((deadline, id));
+        QueryAction::Forward {
+            upstream,
+            len: query.len(),
+        }
+    }
+
+    /// A random id not used by any pending query. Terminates because the
+    /// table holds at most [`MAX_PENDING_LIMIT`] < 65 536 entries.
+    fn fresh_id(&mut self) -> u16 {
+        for _ in 0..ID_DRAWS {
+            let id = self.rng.next_u16();
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+        let start = self.rng.next_u16();
+        (0..=u16::MAX)
+            .map(|k| start.wrapping_add(k))
+            .find(|id| !self.pending.contains_key(id))
+            .unwrap_or(start)
+    }
+
+    /// Handles an upstream answer (a UDP payload) from `from`. On a match the
+    /// answer with the guest's original id is written into `out` and the
+    /// client returned; late, unknown or mismatched answers are
+    /// [`AnswerAction::Unmatched`].
+    pub fn on_answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        answer: &[u8],
+        out: &mut [u8],
+    ) -> AnswerAction<C> {
+        let _ = now; // Matching does not depend on time: expiry is on_timeout's job.
+        let action = self.answer(from, answer, out);
+        match action {
+            AnswerAction::Deliver { .. } => self.counters.answered += 1,
+            AnswerAction::Unmatched(_) => self.counters.unmatched_answers += 1,
+        }
+        action
+    }
+
+    fn answer(&mut self, from: SocketAddr, answer: &[u8], out: &mut [u8]) -> AnswerAction<C> {
+        use AnswerAction::Unmatched;
+        let Ok(h) = Header::new_checked(answer) else {
+            return Unmatched(UnmatchedReason::ShortHeader);
+        };
+        if !h.is_response() {
+            return Unmatched(UnmatchedReason::NotAResponse);
+        }
+        let id = h.id();
+        let Some(p) = self.pending.get(&id) else {
+            return Unmatched(UnmatchedReason::UnknownId);
+        };
+        if !p.was_sent_to(from) {
+            return Unmatched(UnmatchedReason::WrongUpstream);
+        }
+        let formerr_without_question = h.qdcount() == 0 && h.rcode() == rcode::FORMERR;
+        if !formerr_without_question && !same_question(&p.query, p.question_end, answer) {
+            return Unmatched(UnmatchedReason::QuestionMismatch);
+        }
+        let Some(dst) = out.get_mut(..answer.len()) else {
+            return Unmatched(UnmatchedReason::OutTooSmall);
+        };
+        dst.copy_from_slice(answer);
+        Header::new_unchecked(dst).set_id(p.guest_id);
+
+        let client = p.client;
+        if let Some(i) = self.cfg.upstreams.iter().position(|&u| u == from) {
+            self.preferred = i;
+        }
+        self.finish(id);
+        AnswerAction::Deliver {
+            client,
+            len: answer.len(),
+        }
+    }
+
+    /// Removes a pending entry and its deadline, keeping its buffer.
+    fn finish(&mut self, id: u16) {
+        if let Some(p) = self.pending.remove(&id) {
+            self.deadlines.remove(&(p.deadline, id));
+            if self.spare.len() < SPARE_BUFFERS {
+                self.spare.push(p.query);
+            }
+        }
+    }
+
+    /// The earliest deadline of any pending try, if any.
+    pub fn poll_at(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(t, _)| t)
+    }
+
+    /// Expires tries whose deadline is at or before `now`: each is either
+    /// re-sent to the next upstream (through `resend(upstream, bytes)`) or,
+    /// after `max_tries`, given up (counted in [`Counters::timeouts`]; the
+    /// guest gets nothing, as from a real resolver that times out).
+    pub fn on_timeout(&mut self, now: Instant, mut resend: impl FnMut(SocketAddr, &[u8])) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let ups = &self.cfg.upstreams;
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            let last_idx = p
+                .current()
+                .and_then(|last| ups.iter().position(|&u| u == last));
+            if let Some(i) = last_idx
+                && i == self.preferred % ups.len().max(1)
+            {
+                self.preferred = (i + 1) % ups.len().max(1);
+            }
+            if p.n_tried >= self.cfg.max_tries || ups.is_empty() {
+                self.counters.timeouts += 1;
+                if let Some(p) = self.pending.remove(&id)
+                    && self.spare.len() < SPARE_BUFFERS
+                {
+                    self.spare.push(p.query);
+                }
+                continue;
+            }
+            let next_idx = match last_idx {
+                Some(i) => (i + 1) % ups.len(),
+                None => self.preferred % ups.len(),
+            };
+            let upstream = ups.get(next_idx).copied().unwrap_or(UNSPECIFIED);
+            if let Some(slot) = p.tried.get_mut(p.n_tried) {
+                *slot = upstream;
+                p.n_tried += 1;
+            }
+            p.deadline = now + self.cfg.try_timeout;
+            self.deadlines.insert((p.deadline, id));
+            self.counters.retries += 1;
+            resend(upstream, &p.query);
+        }
+    }
+
+    /// Number of queries awaiting an answer.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The event counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+}
+
+/// True if `answer` has exactly one question equal to the one in
+/// `query[HEADER_LEN..question_end]`: name ignoring ASCII case (both names are
+/// uncompressed, since nothing precedes the first question), type and class
+/// exactly.
+fn same_question(query: &[u8], question_end: usize, answer: &[u8]) -> bool {
+    if Header::new_unchecked(answer).qdcount() != 1 {
+        return false;
+    }
+    let Ok(q) = Question::parse(answer, HEADER_LEN) else {
+        return false;
+    };
+    let (Some(sent), Some(got)) = (
+        query.get(HEADER_LEN..question_end),
+        answer.get(HEADER_LEN..q.end),
+    ) else {
+        return false;
+    };
+    if sent.len() != got.len() {
+        return false;
+    }
+    let split = sent.len().saturating_sub(4);
+    let (sent_name, sent_tc) = sent.split_at(split);
+    let (got_name, got_tc) = got.split_at(split);
+    sent_name.eq_ignore_ascii_case(got_name) && sent_tc == got_tc
+}
