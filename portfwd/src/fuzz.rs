@@ -1,0 +1,187 @@
+//! Fuzz entry points, one per parser, for `usernet-fuzz` (cargo-fuzz) and for
+//! `cargo test`, which replays the seed corpus through them on stable.
+//!
+//! Each function takes arbitrary bytes, must never panic on them, and asserts the
+//! round trips that hold for whatever the parsers accept. A failed assertion is a
+//! bug the fuzzer reports.
+
+use crate::api::{
+    self, MAX_REQUEST_BYTES, Reply, Request, RequestReader, parse_reply, parse_request,
+};
+use crate::rule::{MAX_RANGE_PORTS, RuleSpec, parse_natpf, parse_publish};
+use crate::table::Table;
+
+/// Writes a spec in `--natpf` syntax (addresses unbracketed).
+fn natpf_text(spec: &RuleSpec) -> String {
+    format!(
+        "{},{},{},{},{},{}",
+        spec.name.as_deref().unwrap_or(""),
+        spec.proto,
+        spec.host_addr,
+        spec.host_port,
+        spec.guest_addr.map(|a| a.to_string()).unwrap_or_default(),
+        spec.guest_port
+    )
+}
+
+/// Checks what holds for every accepted spec.
+fn check_spec(spec: &RuleSpec) {
+    assert!(spec.host_port != 0 && spec.guest_port != 0);
+    let unnamed = RuleSpec {
+        name: None,
+        ..spec.clone()
+    };
+    let text = spec.to_string();
+    assert_eq!(
+        parse_publish(&text).ok(),
+        Some(vec![unnamed.clone()]),
+        "{text}"
+    );
+    assert_eq!(
+        parse_request(&api::request_add(spec)).ok(),
+        Some(Request::AddHostfwd(unnamed))
+    );
+}
+
+/// Runs a rule string (bytes taken as lossy UTF-8) through both rule parsers and
+/// the table.
+pub fn rule(data: &[u8]) {
+    let s = String::from_utf8_lossy(data);
+    match parse_publish(&s) {
+        Ok(specs) => {
+            assert!(!specs.is_empty());
+            assert!(specs.len() <= MAX_RANGE_PORTS as usize);
+            let mut table = Table::new();
+            for spec in &specs {
+                check_spec(spec);
+                // A range expands into distinct host ports: no conflicts.
+                assert!(table.insert(spec.clone()).is_ok(), "{spec}");
+            }
+            assert_eq!(table.len(), specs.len());
+        }
+        Err(e) => assert!(e.to_string().starts_with("port-forward rule ")),
+    }
+    match parse_natpf(&s) {
+        Ok(spec) => {
+            check_spec(&spec);
+            let text = natpf_text(&spec);
+            assert_eq!(parse_natpf(&text).ok(), Some(spec), "{text}");
+        }
+        Err(e) => assert!(e.to_string().starts_with("port-forward rule ")),
+    }
+}
+
+/// Runs bytes through the request parser, the [`RequestReader`] split at every
+/// point (every 64th point for long inputs), and the client's reply parser.
+pub fn api_request(data: &[u8]) {
+    let direct = parse_request(data);
+
+    if data.len() <= MAX_REQUEST_BYTES {
+        let step = if data.len() <= 1024 { 1 } else { 64 };
+        for split in (0..=data.len()).step_by(step) {
+            let mut reader = RequestReader::new();
+            assert!(reader.push(&data[..split]).is_ok());
+            let _ = reader.is_complete();
+            assert!(reader.push(&data[split..]).is_ok());
+            let _ = reader.is_complete();
+            assert_eq!(reader.finish(), direct);
+        }
+    }
+
+    match &direct {
+        Ok(req) => {
+            let again = match req {
+                Request::AddHostfwd(spec) => api::request_add(spec),
+                Request::ListHostfwd => api::request_list(),
+                Request::RemoveHostfwd { id } => api::request_remove(*id),
+                Request::Stats => api::request_stats(),
+            };
+            assert_eq!(parse_request(&again).as_ref(), Ok(req));
+        }
+        Err(e) => {
+            assert_eq!(parse_reply(&e.reply()), Ok(Reply::Error(e.desc())));
+        }
+    }
+
+    if let Ok(reply) = parse_reply(data) {
+        let again = match &reply {
+            Reply::Added { id } => api::reply_add(*id),
+            Reply::List(rules) => api::reply_list(rules, None),
+            Reply::Removed => api::reply_remove(),
+            Reply::Stats(v) => api::reply_stats(v),
+            Reply::Error(desc) => api::reply_error(desc),
+        };
+        assert_eq!(parse_reply(&again), Ok(reply));
+        let _ = api::format_table(&[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn corpus(name: &str) -> Vec<Vec<u8>> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(name);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 5, "{}: too few seeds", dir.display());
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn replays_rule_corpus() {
+        for seed in corpus("portfwd_rule") {
+            rule(&seed);
+        }
+    }
+
+    #[test]
+    fn replays_api_request_corpus() {
+        let seeds = corpus("api_request");
+        for seed in &seeds {
+            api_request(seed);
+        }
+        // The seeds include the real podman and rootlesskit requests, which parse.
+        assert!(seeds.iter().filter(|s| parse_request(s).is_ok()).count() >= 4);
+    }
+
+    #[test]
+    fn targets_survive_edge_inputs() {
+        for input in [
+            &b""[..],
+            b"\0",
+            b"\xff",
+            b"[",
+            b"1-1024:1-1024/udp",
+            b"{\"return\":{\"id\":1}}",
+            b"{\"entries\":[]}",
+        ] {
+            rule(input);
+            api_request(input);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn rule_target_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            rule(&b);
+        }
+
+        #[test]
+        fn rule_target_on_rule_like_text(s in "[0-9:.\\[\\]/,a-f-]{0,32}(/(tcp|udp))?") {
+            rule(s.as_bytes());
+        }
+
+        #[test]
+        fn api_target_never_panics(b in proptest::collection::vec(any::<u8>(), 0..128)) {
+            api_request(&b);
+        }
+    }
+}
