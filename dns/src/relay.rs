@@ -640,3 +640,684 @@ fn same_question(query: &[u8], question_end: usize, answer: &[u8]) -> bool {
     let (got_name, got_tc) = got.split_at(split);
     sent_name.eq_ignore_ascii_case(got_name) && sent_tc == got_tc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{flags, rtype};
+
+    /// `dig -p 5353 @127.0.0.1 www.example.test A` (EDNS, DNS cookie option).
+    static A_QUERY: &[u8; 57] = include_bytes!("testdata/a_query_cookie.bin");
+    /// dnsmasq's answer to it: the answer's owner is compressed (c00c).
+    static A_ANSWER: &[u8; 61] = include_bytes!("testdata/a_answer.bin");
+    /// `dig ... www.example.test AAAA +nocookie`.
+    static AAAA_QUERY: &[u8; 45] = include_bytes!("testdata/aaaa_query.bin");
+    static AAAA_ANSWER: &[u8; 73] = include_bytes!("testdata/aaaa_answer.bin");
+    /// `dig ... txt.example.test TXT` and its two-string TXT answer.
+    static TXT_QUERY: &[u8; 57] = include_bytes!("testdata/txt_query.bin");
+    static TXT_ANSWER: &[u8; 83] = include_bytes!("testdata/txt_answer.bin");
+    /// `dig ... big.example.test TXT +noedns +ignore`: a 462-byte answer with TC set.
+    static TC_QUERY: &[u8; 34] = include_bytes!("testdata/tc_query.bin");
+    static TC_ANSWER: &[u8; 462] = include_bytes!("testdata/tc_answer.bin");
+
+    const GUEST: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 15)), 40000);
+    const U1: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53)), 53);
+    const U2: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 53);
+    const U3: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 53)), 53);
+    const T: Duration = DEFAULT_TRY_TIMEOUT;
+
+    fn cfg() -> RelayConfig {
+        RelayConfig {
+            upstreams: vec![U1, U2],
+            local_names: vec!["host.usernet.internal".into(), "gateway.".into()],
+            rng_seed: 42,
+            ..RelayConfig::default()
+        }
+    }
+
+    fn relay() -> Relay<SocketAddr> {
+        Relay::new(cfg())
+    }
+
+    /// A minimal query: header with RD, one question, no EDNS.
+    fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&flags::RD.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(wire::encode_name(name).unwrap().as_wire());
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&class::IN.to_be_bytes());
+        m
+    }
+
+    /// An answer to `sent` as an echoing server would build it.
+    fn echo_answer(sent: &[u8]) -> Vec<u8> {
+        let mut a = sent.to_vec();
+        let mut h = Header::new_unchecked(&mut a[..]);
+        let f = h.flags();
+        h.set_flags(f | flags::QR | flags::RA);
+        a
+    }
+
+    fn with_id(msg: &[u8], id: u16) -> Vec<u8> {
+        let mut m = msg.to_vec();
+        Header::new_unchecked(&mut m[..]).set_id(id);
+        m
+    }
+
+    fn id_of(msg: &[u8]) -> u16 {
+        Header::new_unchecked(msg).id()
+    }
+
+    /// Forwards `q` and returns (upstream, bytes sent).
+    fn forward(r: &mut Relay<SocketAddr>, now: Instant, q: &[u8]) -> (SocketAddr, Vec<u8>) {
+        let mut out = [0u8; 1500];
+        match r.on_query(now, GUEST, q, &mut out) {
+            QueryAction::Forward { upstream, len } => (upstream, out[..len].to_vec()),
+            other => panic!("expected Forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn real_queries_relayed_byte_exact() {
+        let now = Instant::now();
+        let mut r = relay();
+        for (q, a) in [
+            (&A_QUERY[..], &A_ANSWER[..]),
+            (&AAAA_QUERY[..], &AAAA_ANSWER[..]),
+            (&TXT_QUERY[..], &TXT_ANSWER[..]),
+            (&TC_QUERY[..], &TC_ANSWER[..]),
+        ] {
+            let (up, sent) = forward(&mut r, now, q);
+            assert_eq!(up, U1);
+            // Only the id differs; EDNS and the cookie go out untouched.
+            assert_eq!(sent[2..], q[2..]);
+            let new_id = id_of(&sent);
+            let mut out = [0u8; 1500];
+            match r.on_answer(now, U1, &with_id(a, new_id), &mut out) {
+                AnswerAction::Deliver { client, len } => {
+                    assert_eq!(client, GUEST);
+                    // The captured answer carries the guest's id: byte-exact.
+                    assert_eq!(&out[..len], a);
+                }
+                other => panic!("expected Deliver, got {other:?}"),
+            }
+        }
+        assert!(Header::new_unchecked(&TC_ANSWER[..]).is_truncated());
+        assert_eq!(r.pending(), 0);
+        assert_eq!(r.poll_at(), None);
+        let c = r.counters();
+        assert_eq!((c.queries, c.forwarded, c.answered), (4, 4, 4));
+    }
+
+    #[test]
+    fn ids_are_rewritten_and_unique_while_pending() {
+        let now = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_pending: 2000,
+            ..cfg()
+        });
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let (_, sent) = forward(&mut r, now, A_QUERY);
+            assert!(seen.insert(id_of(&sent)), "id reused while pending");
+        }
+        assert_eq!(r.pending(), 2000);
+        // Not the guest's id every time: the ids are really rewritten.
+        assert!(seen.len() > 1 && seen.iter().any(|&i| i != id_of(A_QUERY)));
+    }
+
+    #[test]
+    fn ids_stay_unique_near_the_limit() {
+        let now = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_pending: usize::MAX,
+            ..cfg()
+        });
+        let q = build_query(1, "a.example", rtype::A);
+        let mut out = [0u8; 64];
+        for _ in 0..MAX_PENDING_LIMIT {
+            assert!(matches!(
+                r.on_query(now, GUEST, &q, &mut out),
+                QueryAction::Forward { .. }
+            ));
+        }
+        assert_eq!(r.pending(), MAX_PENDING_LIMIT);
+        assert_eq!(
+            r.on_query(now, GUEST, &q, &mut out),
+            QueryAction::Drop(DropReason::TableFull)
+        );
+    }
+
+    #[test]
+    fn same_seed_same_ids() {
+        let now = Instant::now();
+        let ids = |seed| {
+            let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+                rng_seed: seed,
+                ..cfg()
+            });
+            (0..5)
+                .map(|_| id_of(&forward(&mut r, now, A_QUERY).1))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(1), ids(1));
+        assert_ne!(ids(1), ids(2));
+    }
+
+    #[test]
+    fn failover_to_next_upstream_on_timeout() {
+        let t0 = Instant::now();
+        let mut r = relay();
+        let (up, sent) = forward(&mut r, t0, A_QUERY);
+        assert_eq!(up, U1);
+        assert_eq!(r.poll_at(), Some(t0 + T));
+
+        let mut resent = Vec::new();
+        r.on_timeout(t0 + T / 2, |u, b| resent.push((u, b.to_vec())));
+        assert!(resent.is_empty());
+
+        r.on_timeout(t0 + T, |u, b| resent.push((u, b.to_vec())));
+        assert_eq!(resent, vec![(U2, sent.clone())]);
+        assert_eq!(r.poll_at(), Some(t0 + 2 * T));
+        assert_eq!(r.counters().retries, 1);
+
+        let mut out = [0u8; 512];
+        let a = with_id(A_ANSWER, id_of(&sent));
+        assert_eq!(
+            r.on_answer(t0 + T, U2, &a, &mut out),
+            AnswerAction::Deliver {
+                client: GUEST,
+                len: A_ANSWER.len()
+            }
+        );
+        assert_eq!(&out[..A_ANSWER.len()], &A_ANSWER[..]);
+
+        // Sticky: U2 answered, so the next query starts there.
+        let (up, _) = forward(&mut r, t0 + T, AAAA_QUERY);
+        assert_eq!(up, U2);
+    }
+
+    #[test]
+    fn late_answer_from_first_upstream_still_accepted_after_failover() {
+        let t0 = Instant::now();
+        let mut r = relay();
+        let (_, sent) = forward(&mut r, t0, A_QUERY);
+        r.on_timeout(t0 + T, |_, _| {});
+        let mut out = [0u8; 512];
+        let a = with_id(A_ANSWER, id_of(&sent));
+        assert!(matches!(
+            r.on_answer(t0 + T, U1, &a, &mut out),
+            AnswerAction::Deliver { .. }
+        ));
+        // The second server's answer, now late, goes nowhere.
+        assert_eq!(
+            r.on_answer(t0 + T, U2, &a, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::UnknownId)
+        );
+        assert_eq!(r.counters().unmatched_answers, 1);
+    }
+
+    #[test]
+    fn gives_up_after_max_tries() {
+        let t0 = Instant::now();
+        let mut r = relay();
+        let (_, sent) = forward(&mut r, t0, TXT_QUERY);
+        let mut resent = Vec::new();
+        let mut now = t0;
+        for _ in 0..5 {
+            now += T;
+            r.on_timeout(now, |u, _| resent.push(u));
+        }
+        // Three tries in total: U1 (first), then U2, then U1 again.
+        assert_eq!(resent, vec![U2, U1]);
+        assert_eq!(r.pending(), 0);
+        assert_eq!(r.poll_at(), None);
+        assert_eq!(r.counters().timeouts, 1);
+        assert_eq!(r.counters().answered, 0);
+        let mut out = [0u8; 512];
+        assert_eq!(
+            r.on_answer(now, U1, &with_id(TXT_ANSWER, id_of(&sent)), &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::UnknownId)
+        );
+    }
+
+    #[test]
+    fn one_timeout_call_handles_many_expired_tries_in_order() {
+        let t0 = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_tries: 1,
+            ..cfg()
+        });
+        for i in 0..10u32 {
+            forward(&mut r, t0 + Duration::from_millis(i.into()), A_QUERY);
+        }
+        r.on_timeout(t0 + T + Duration::from_millis(4), |_, _| {
+            panic!("max_tries = 1")
+        });
+        assert_eq!(r.pending(), 5);
+        assert_eq!(r.poll_at(), Some(t0 + T + Duration::from_millis(5)));
+        assert_eq!(r.counters().timeouts, 5);
+    }
+
+    #[test]
+    fn dead_first_upstream_costs_one_timeout() {
+        let t0 = Instant::now();
+        let mut r = relay();
+        forward(&mut r, t0, A_QUERY);
+        forward(&mut r, t0, AAAA_QUERY);
+        let mut resent = Vec::new();
+        r.on_timeout(t0 + T, |u, _| resent.push(u));
+        assert_eq!(resent, vec![U2, U2]);
+        // Both timed out at U1; the preferred upstream moved once, to U2.
+        let (up, _) = forward(&mut r, t0 + T, TXT_QUERY);
+        assert_eq!(up, U2);
+    }
+
+    #[test]
+    fn pending_table_is_bounded() {
+        let now = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_pending: 2,
+            ..cfg()
+        });
+        let (_, s1) = forward(&mut r, now, A_QUERY);
+        forward(&mut r, now, AAAA_QUERY);
+        let mut out = [0u8; 512];
+        assert_eq!(
+            r.on_query(now, GUEST, TXT_QUERY, &mut out),
+            QueryAction::Drop(DropReason::TableFull)
+        );
+        assert_eq!(r.counters().dropped_table_full, 1);
+        // Local names do not need a slot.
+        let q = build_query(9, "host.usernet.internal", rtype::A);
+        assert!(matches!(
+            r.on_query(now, GUEST, &q, &mut out),
+            QueryAction::Local { .. }
+        ));
+        // An answer frees a slot.
+        r.on_answer(now, U1, &with_id(A_ANSWER, id_of(&s1)), &mut out);
+        forward(&mut r, now, TXT_QUERY);
+        assert_eq!(r.pending(), 2);
+    }
+
+    #[test]
+    fn wrong_upstream_or_question_is_dropped_and_keeps_the_query() {
+        let now = Instant::now();
+        let mut r = relay();
+        let (_, sent) = forward(&mut r, now, A_QUERY);
+        let id = id_of(&sent);
+        let mut out = [0u8; 512];
+        let good = with_id(A_ANSWER, id);
+
+        // Right bytes from an address we never asked.
+        assert_eq!(
+            r.on_answer(now, U3, &good, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::WrongUpstream)
+        );
+        // U2 is an upstream, but not one this query went to.
+        assert_eq!(
+            r.on_answer(now, U2, &good, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::WrongUpstream)
+        );
+        // Right id and source, different question (AAAA instead of A).
+        assert_eq!(
+            r.on_answer(now, U1, &with_id(AAAA_ANSWER, id), &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::QuestionMismatch)
+        );
+        // Different name.
+        let other = echo_answer(&with_id(&build_query(0, "www.example.tesu", rtype::A), id));
+        assert_eq!(
+            r.on_answer(now, U1, &other, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::QuestionMismatch)
+        );
+        // No question at all with NOERROR.
+        let mut noq = good[..12].to_vec();
+        Header::new_unchecked(&mut noq[..]).set_qdcount(0);
+        assert_eq!(
+            r.on_answer(now, U1, &noq, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::QuestionMismatch)
+        );
+        // A query (QR clear) and a short message.
+        assert_eq!(
+            r.on_answer(now, U1, &sent, &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::NotAResponse)
+        );
+        assert_eq!(
+            r.on_answer(now, U1, &good[..11], &mut out),
+            AnswerAction::Unmatched(UnmatchedReason::ShortHeader)
+        );
+        // An out buffer too small leaves the query pending.
+        assert_eq!(
+            r.on_answer(now, U1, &good, &mut out[..20]),
+            AnswerAction::Unmatched(UnmatchedReason::OutTooSmall)
+        );
+        assert_eq!(r.pending(), 1);
+        assert_eq!(r.counters().unmatched_answers, 8);
+
+        // The real answer still gets through, with the name's case changed
+        // by the server (compared ignoring case).
+        let mut upper = good.clone();
+        upper[13..16].copy_from_slice(b"WWW");
+        assert!(matches!(
+            r.on_answer(now, U1, &upper, &mut out),
+            AnswerAction::Deliver { .. }
+        ));
+        assert_eq!(r.counters().answered, 1);
+    }
+
+    #[test]
+    fn formerr_without_question_is_delivered() {
+        let now = Instant::now();
+        let mut r = relay();
+        let (_, sent) = forward(&mut r, now, A_QUERY);
+        let mut fe = sent[..12].to_vec();
+        let mut h = Header::new_unchecked(&mut fe[..]);
+        h.set_flags(flags::QR | u16::from(rcode::FORMERR));
+        h.set_qdcount(0);
+        h.set_arcount(0);
+        let mut out = [0u8; 512];
+        assert_eq!(
+            r.on_answer(now, U1, &fe, &mut out),
+            AnswerAction::Deliver {
+                client: GUEST,
+                len: 12
+            }
+        );
+        assert_eq!(id_of(&out), id_of(A_QUERY));
+    }
+
+    #[test]
+    fn set_upstreams_keeps_pending_queries() {
+        let t0 = Instant::now();
+        let mut r = relay();
+        let (_, sent) = forward(&mut r, t0, A_QUERY);
+        r.set_upstreams(vec![U3]);
+        assert_eq!(r.upstreams(), &[U3]);
+        let mut resent = Vec::new();
+        r.on_timeout(t0 + T, |u, b| resent.push((u, b.to_vec())));
+        assert_eq!(resent, vec![(U3, sent.clone())]);
+        // The old upstream's late answer is still good.
+        let mut out = [0u8; 512];
+        assert!(matches!(
+            r.on_answer(t0 + T, U1, &with_id(A_ANSWER, id_of(&sent)), &mut out),
+            AnswerAction::Deliver { .. }
+        ));
+        r.set_upstreams(Vec::new());
+        assert_eq!(
+            r.on_query(t0, GUEST, A_QUERY, &mut out),
+            QueryAction::Drop(DropReason::NoUpstream)
+        );
+    }
+
+    /// Sends a local query and returns the answer bytes.
+    fn local(r: &mut Relay<SocketAddr>, q: &[u8]) -> Vec<u8> {
+        let mut out = [0u8; 512];
+        match r.on_query(Instant::now(), GUEST, q, &mut out) {
+            QueryAction::Local { len } => out[..len].to_vec(),
+            other => panic!("expected Local, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_name_a_with_case_preserved() {
+        let mut r = relay();
+        let q = build_query(0xbeef, "HOST.Usernet.internal", rtype::A);
+        let a = local(&mut r, &q);
+        let h = Header::new_checked(&a[..]).unwrap();
+        assert_eq!(h.id(), 0xbeef);
+        assert_eq!(
+            h.flags(),
+            flags::QR | flags::AA | flags::RD | flags::RA,
+            "NOERROR, RD echoed"
+        );
+        assert_eq!(
+            (h.qdcount(), h.ancount(), h.nscount(), h.arcount()),
+            (1, 1, 0, 0)
+        );
+        let qa = Question::parse(&a, HEADER_LEN).unwrap();
+        assert_eq!(qa.name.to_string(), "HOST.Usernet.internal.");
+        assert_eq!(&a[12..qa.end], &q[12..]);
+        let rr = &a[qa.end..];
+        assert_eq!(
+            rr,
+            &[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 10, 0, 2, 2][..]
+        );
+        assert_eq!(r.counters().local_answers, 1);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn local_name_aaaa_and_other_types() {
+        let mut r = relay();
+        // No IPv6: AAAA is NODATA.
+        let a = local(
+            &mut r,
+            &build_query(1, "host.usernet.internal.", rtype::AAAA),
+        );
+        assert_eq!(Header::new_unchecked(&a[..]).ancount(), 0);
+        assert_eq!(Header::new_unchecked(&a[..]).rcode(), rcode::NOERROR);
+
+        let six = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            local_addr6: Some(six),
+            ..cfg()
+        });
+        let a = local(&mut r, &build_query(2, "Gateway", rtype::AAAA));
+        let qa = Question::parse(&a, HEADER_LEN).unwrap();
+        assert_eq!(Header::new_unchecked(&a[..]).ancount(), 1);
+        assert_eq!(&a[qa.end + 2..qa.end + 4], &rtype::AAAA.to_be_bytes());
+        assert_eq!(&a[a.len() - 16..], &six.octets());
+
+        // TXT (or MX, ...) of a local name: NOERROR, no records.
+        let a = local(&mut r, &build_query(3, "gateway", rtype::TXT));
+        let h = Header::new_unchecked(&a[..]);
+        assert_eq!((h.rcode(), h.ancount()), (rcode::NOERROR, 0));
+        assert!(h.is_response());
+
+        // ANY: both addresses.
+        let a = local(&mut r, &build_query(4, "gateway", rtype::ANY));
+        assert_eq!(Header::new_unchecked(&a[..]).ancount(), 2);
+    }
+
+    #[test]
+    fn local_answer_to_query_with_edns() {
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            local_names: vec!["www.example.test".into()],
+            ..cfg()
+        });
+        let a = local(&mut r, A_QUERY);
+        let h = Header::new_unchecked(&a[..]);
+        assert_eq!(h.id(), id_of(A_QUERY));
+        assert_eq!((h.ancount(), h.arcount()), (1, 0));
+        assert_eq!(&a[12..34], &A_QUERY[12..34]);
+        assert_eq!(a.len(), 34 + 16);
+        // Too small an out buffer.
+        let mut out = [0u8; 40];
+        assert_eq!(
+            r.on_query(Instant::now(), GUEST, A_QUERY, &mut out),
+            QueryAction::Drop(DropReason::OutTooSmall)
+        );
+    }
+
+    #[test]
+    fn near_local_names_are_relayed() {
+        let now = Instant::now();
+        let mut r = relay();
+        forward(
+            &mut r,
+            now,
+            &build_query(1, "x.host.usernet.internal", rtype::A),
+        );
+        forward(&mut r, now, &build_query(1, "usernet.internal", rtype::A));
+        // CHAOS class is not ours.
+        let mut ch = build_query(1, "gateway", rtype::TXT);
+        let n = ch.len();
+        ch[n - 2..].copy_from_slice(&3u16.to_be_bytes());
+        forward(&mut r, now, &ch);
+        assert_eq!(r.counters().local_answers, 0);
+    }
+
+    #[test]
+    fn malformed_queries_are_dropped_with_a_reason() {
+        let now = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_query_len: 100,
+            ..cfg()
+        });
+        let mut out = [0u8; 512];
+        let mut drop = |q: &[u8]| match r.on_query(now, GUEST, q, &mut out) {
+            QueryAction::Drop(reason) => reason,
+            other => panic!("expected Drop, got {other:?}"),
+        };
+        assert_eq!(drop(&A_QUERY[..11]), DropReason::ShortHeader);
+        assert_eq!(drop(A_ANSWER), DropReason::NotAQuery);
+        let mut q = A_QUERY.to_vec();
+        q[5] = 0;
+        assert_eq!(drop(&q), DropReason::BadCounts);
+        q[5] = 2;
+        assert_eq!(drop(&q), DropReason::BadCounts);
+        // ARCOUNT claims more records than the bytes could hold.
+        let mut q = A_QUERY.to_vec();
+        q[11] = 3;
+        assert_eq!(drop(&q), DropReason::BadCounts);
+        let mut q = A_QUERY.to_vec();
+        q[7] = 2; // plus two answer records: 3 * 11 > 23 bytes of OPT
+        assert_eq!(drop(&q), DropReason::BadCounts);
+        // Question cut short.
+        assert_eq!(
+            drop(&A_QUERY[..20]),
+            DropReason::BadName(NameError::Truncated)
+        );
+        assert_eq!(
+            drop(&A_QUERY[..32]),
+            DropReason::BadName(NameError::Truncated)
+        );
+        // Compression pointer in the question: to itself, into the header,
+        // past the end.
+        let mut q = build_query(1, "", rtype::A);
+        q.splice(12..13, [0xc0, 12]);
+        assert_eq!(drop(&q), DropReason::BadName(NameError::PointerLoop));
+        q[13] = 2;
+        assert_eq!(drop(&q), DropReason::BadName(NameError::PointerOutOfRange));
+        q[12] = 0xff;
+        assert_eq!(drop(&q), DropReason::BadName(NameError::PointerOutOfRange));
+        q[12] = 0x80;
+        assert_eq!(drop(&q), DropReason::BadName(NameError::BadLabelType));
+        // Over max_query_len.
+        let mut big = A_QUERY.to_vec();
+        big.resize(101, 0);
+        assert_eq!(drop(&big), DropReason::TooLong);
+        assert_eq!(drop(&[]), DropReason::ShortHeader);
+
+        assert_eq!(r.counters().dropped_malformed, 14);
+        assert_eq!(r.counters().queries, 14);
+        assert_eq!(r.pending(), 0);
+        // Forwarding into too small an out buffer.
+        let mut small = [0u8; 56];
+        assert_eq!(
+            r.on_query(now, GUEST, A_QUERY, &mut small),
+            QueryAction::Drop(DropReason::OutTooSmall)
+        );
+        assert_eq!(r.counters().dropped_other, 1);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        let r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_tries: 0,
+            max_pending: usize::MAX,
+            max_query_len: usize::MAX,
+            ..cfg()
+        });
+        assert_eq!(r.cfg.max_tries, 1);
+        assert_eq!(r.cfg.max_pending, MAX_PENDING_LIMIT);
+        assert_eq!(r.cfg.max_query_len, MAX_QUERY_LEN_LIMIT);
+        let r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_tries: 100,
+            ..cfg()
+        });
+        assert_eq!(r.cfg.max_tries, MAX_TRIES_LIMIT);
+    }
+
+    #[test]
+    fn max_tries_limit_cycles_through_upstreams() {
+        let t0 = Instant::now();
+        let mut r: Relay<SocketAddr> = Relay::new(RelayConfig {
+            max_tries: MAX_TRIES_LIMIT,
+            upstreams: vec![U1, U2, U3],
+            ..cfg()
+        });
+        forward(&mut r, t0, A_QUERY);
+        let mut resent = Vec::new();
+        for k in 1..=MAX_TRIES_LIMIT as u32 + 2 {
+            r.on_timeout(t0 + T * k, |u, _| resent.push(u));
+        }
+        assert_eq!(resent, vec![U2, U3, U1, U2, U3, U1, U2]);
+        assert_eq!(r.counters().timeouts, 1);
+    }
+
+    #[test]
+    fn reasons_have_names() {
+        assert_eq!(DropReason::TableFull.to_string(), "table_full");
+        assert_eq!(
+            DropReason::BadName(NameError::PointerLoop).as_str(),
+            "name_pointer_loop"
+        );
+        assert_eq!(UnmatchedReason::WrongUpstream.to_string(), "wrong_upstream");
+        assert!(!DropReason::NoUpstream.is_malformed());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..700),
+            out_len in 0usize..700,
+        ) {
+            let now = Instant::now();
+            let mut r = relay();
+            let mut out = vec![0u8; out_len];
+            let _ = r.on_query(now, GUEST, &data, &mut out);
+            let _ = r.on_answer(now, U1, &data, &mut out);
+            let _ = Question::parse(&data, HEADER_LEN);
+            let mut n = NameBuf::default();
+            for start in 0..data.len().min(64) {
+                let _ = wire::parse_name(&data, start, &mut n);
+            }
+        }
+
+        /// Structured queries with random names reach the forward and local
+        /// paths; their echo must come back byte-exact.
+        #[test]
+        fn random_valid_queries_round_trip(
+            labels in proptest::collection::vec("[a-zA-Z0-9-]{1,20}", 0..5),
+            qtype in proptest::num::u16::ANY,
+            guest_id in proptest::num::u16::ANY,
+            seed in proptest::num::u64::ANY,
+        ) {
+            let now = Instant::now();
+            let mut r: Relay<SocketAddr> = Relay::new(RelayConfig { rng_seed: seed, ..cfg() });
+            let name = labels.join(".");
+            let q = build_query(guest_id, &name, qtype);
+            let mut out = [0u8; 512];
+            match r.on_query(now, GUEST, &q, &mut out) {
+                QueryAction::Forward { upstream, len } => {
+                    let sent = out[..len].to_vec();
+                    let mut back = [0u8; 512];
+                    let a = echo_answer(&sent);
+                    let got = r.on_answer(now, upstream, &a, &mut back);
+                    proptest::prop_assert_eq!(got, AnswerAction::Deliver { client: GUEST, len });
+                    proptest::prop_assert_eq!(&back[2..len], &a[2..]);
+                    proptest::prop_assert_eq!(id_of(&back), guest_id);
+                }
+                QueryAction::Local { len } => {
+                    proptest::prop_assert!(len >= q.len());
+                    proptest::prop_assert_eq!(id_of(&out), guest_id);
+                }
+                QueryAction::Drop(d) => proptest::prop_assert!(false, "dropped: {}", d),
+            }
+        }
+    }
+}
