@@ -1,1 +1,1277 @@
-//! End-to-end test harness.
+//! End-to-end test harness for usernet.
+//!
+//! Topology per test (see `../shared/testing.md`):
+//!
+//! * a "host" network namespace `un-h-<id>` (made with `ip netns add`) with `lo` up and a
+//!   veth pair `ext0`/`ext0p` whose both ends live inside it; `ext0` carries
+//!   198.51.100.1/24 and 2001:db8:1::1/64 and the default route points at
+//!   198.51.100.254 (nobody behind it) so that the engine finds a route. Servers bind to
+//!   198.51.100.1 and 127.0.0.1 inside it. `/etc/netns/un-h-<id>/resolv.conf` names
+//!   127.0.0.1 so that the engine never sees the machine's resolvers.
+//! * a guest: a user+net namespace made by `unshare -r -n sleep infinity` (optionally by
+//!   uid 65534: the rootless shape).
+//! * the engine, started as `ip netns exec un-h-<id> ENGINE ... PID tap0`, with the ready
+//!   fd (and optionally an exit fd) handed to it.
+//!
+//! Code can run "inside" a namespace through [`in_netns`]: a thread that did
+//! `setns(CLONE_NEWNET)`; sockets made there stay in that namespace and may then be used
+//! from any thread.
+//!
+//! Every missing prerequisite makes the test fail (panic) with a sentence naming it.
+
+use sha2::{Digest, Sha256};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The address of the "outside world" inside the host namespace.
+pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// Default guest address with `--configure`.
+pub const GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+/// Default gateway (stands for the host's loopback).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// How long the engine gets to signal readiness.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default timeout for socket operations in tests.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short id unique to this process and call: used in namespace and file names.
+pub fn unique_id() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{}-{}", std::process::id(), n)
+}
+
+// ---------------------------------------------------------------------------------------
+// prerequisites
+// ---------------------------------------------------------------------------------------
+
+/// Fails the test unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "prerequisite missing: the end-to-end tests need root (network namespaces, veth, \
+         /dev/net/tun); run them as root (CI does)"
+    );
+}
+
+/// Returns the full path of `tool` on PATH or fails the test naming it.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain(
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .map(PathBuf::from),
+    ) {
+        let p = dir.join(tool);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "prerequisite missing: the tool `{tool}` is not installed (not found on PATH); \
+         `.ci/run` lists the Debian packages the tests need"
+    );
+}
+
+/// Checks root, /dev/net/tun and the tools every e2e test needs.
+pub fn require_base() {
+    require_root();
+    assert!(
+        Path::new("/dev/net/tun").exists(),
+        "prerequisite missing: /dev/net/tun does not exist (the tun kernel module / device \
+         node is needed)"
+    );
+    for t in [
+        "ip", "unshare", "nsenter", "sh", "setpriv", "mount", "mknod", "sysctl",
+    ] {
+        require_tool(t);
+    }
+}
+
+/// Path of the engine binary: `$USERNET_BIN`, else `<target>/release/usernet`.
+pub fn engine_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("USERNET_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "USERNET_BIN={} does not name an existing file",
+            p.display()
+        );
+        return p;
+    }
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) => {
+            let t = PathBuf::from(t);
+            if t.is_absolute() {
+                t
+            } else {
+                workspace_root().join(t)
+            }
+        }
+        None => workspace_root().join("target"),
+    };
+    let p = target.join("release").join("usernet");
+    assert!(
+        p.is_file(),
+        "the engine binary {} does not exist: build it first with \
+         `cargo build --release --workspace` (or point USERNET_BIN at an engine binary)",
+        p.display()
+    );
+    p
+}
+
+/// True when the engine under test is slirp4netns (some usernet-only checks are noted).
+pub fn engine_is_slirp4netns() -> bool {
+    engine_bin()
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("slirp4netns"))
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+// ---------------------------------------------------------------------------------------
+// data helpers
+// ---------------------------------------------------------------------------------------
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Hex sha256.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Reads until EOF (or error), returning what was read and the error if any.
+pub fn read_to_end_result(s: &mut impl Read) -> (Vec<u8>, Option<io::Error>) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, None),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// running commands
+// ---------------------------------------------------------------------------------------
+
+/// Runs a command with a deadline; kills it (by its PID, which we started) at the deadline
+/// and fails the test then.
+pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    try_run_timeout(cmd, timeout).unwrap_or_else(|(st, stdout, stderr)| {
+        panic!(
+            "{desc} did not finish within {timeout:?} (killed, {st}); stdout: {}; stderr: {}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        )
+    })
+}
+
+/// Runs a command with a deadline; on timeout kills it and returns what it printed as
+/// `Err((status, stdout, stderr))`.
+#[allow(clippy::type_complexity)]
+pub fn try_run_timeout(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> Result<Output, (ExitStatus, Vec<u8>, Vec<u8>)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let mut so = child.stdout.take().expect("stdout piped");
+    let mut se = child.stderr.take().expect("stderr piped");
+    let t1 = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t2 = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            let stdout = t1.join().unwrap_or_default();
+            let stderr = t2.join().unwrap_or_default();
+            return Err((st, stdout, stderr));
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: t1.join().unwrap_or_default(),
+        stderr: t2.join().unwrap_or_default(),
+    })
+}
+
+/// Runs a command (20 s deadline) and fails the test unless it succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let desc = format!("{cmd:?}");
+    let out = run_timeout(cmd, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cmd(prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
+}
+
+// ---------------------------------------------------------------------------------------
+// namespaces
+// ---------------------------------------------------------------------------------------
+
+fn enter_netns(path: &Path) {
+    let f = File::open(path)
+        .unwrap_or_else(|e| panic!("cannot open network namespace {}: {e}", path.display()));
+    // SAFETY: f is an open namespace fd for the duration of the call; setns only affects
+    // the calling thread for CLONE_NEWNET.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(
+        r,
+        0,
+        "setns into {} failed: {}",
+        path.display(),
+        io::Error::last_os_error()
+    );
+}
+
+/// Runs `f` on a fresh thread that joined the network namespace at `ns_path`.
+pub fn in_netns<T: Send>(ns_path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(ns_path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// Spawns a detached thread inside the namespace at `ns_path`.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns_path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let p = ns_path.to_path_buf();
+    thread::spawn(move || {
+        enter_netns(&p);
+        f()
+    })
+}
+
+/// The "host" network namespace with the veth pair carrying 198.51.100.1/24.
+pub struct HostNs {
+    /// `un-h-<id>`.
+    pub name: String,
+    /// Per-test scratch directory (removed on drop).
+    pub dir: PathBuf,
+    etc_dir: PathBuf,
+}
+
+impl HostNs {
+    /// Creates the namespace and its addresses; `/etc/netns/<name>/resolv.conf` names
+    /// 127.0.0.1.
+    pub fn new() -> HostNs {
+        require_base();
+        let id = unique_id();
+        let name = format!("un-h-{id}");
+        let dir = std::env::temp_dir().join(format!("usernet-tests-{id}"));
+        let etc_dir = PathBuf::from("/etc/netns").join(&name);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        let h = HostNs { name, dir, etc_dir };
+        std::fs::create_dir_all(&h.etc_dir).expect("create /etc/netns/<name>");
+        std::fs::write(h.etc_dir.join("resolv.conf"), "nameserver 127.0.0.1\n")
+            .expect("write resolv.conf");
+        run_ok(&mut cmd("ip", &["netns", "add", &h.name]));
+        let n = h.name.clone();
+        let ipn = |args: &[&str]| {
+            let mut a = vec!["-n", &n];
+            a.extend_from_slice(args);
+            run_ok(&mut cmd("ip", &a));
+        };
+        ipn(&["link", "set", "lo", "up"]);
+        ipn(&[
+            "link", "add", "ext0", "type", "veth", "peer", "name", "ext0p",
+        ]);
+        ipn(&["addr", "add", "198.51.100.1/24", "dev", "ext0"]);
+        ipn(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:1::1/64",
+            "dev",
+            "ext0",
+            "nodad",
+        ]);
+        ipn(&["link", "set", "ext0", "up"]);
+        ipn(&["link", "set", "ext0p", "up"]);
+        ipn(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.254",
+            "dev",
+            "ext0",
+        ]);
+        // ping sockets for the engine (slirp4netns uses them).
+        h.exec_ok(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
+        h
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn ns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command run inside the namespace through `ip netns exec`.
+    pub fn command(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, prog]);
+        c
+    }
+
+    /// Runs `args` inside the namespace; fails the test unless it succeeds.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let mut c = self.command(args[0]);
+        c.args(&args[1..]);
+        run_ok(&mut c)
+    }
+
+    /// Runs `f` in a thread inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.ns_path(), f)
+    }
+
+    /// A TCP listener bound inside the namespace (`addr` like "127.0.0.1:0").
+    pub fn tcp_listener(&self, addr: &str) -> TcpListener {
+        self.run(|| TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    }
+
+    /// A UDP socket bound inside the namespace.
+    pub fn udp_socket(&self, addr: &str) -> UdpSocket {
+        self.run(|| UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    }
+
+    /// A port on `ip` in this namespace where nothing listens (TCP and UDP).
+    pub fn free_port(&self, ip: &str) -> u16 {
+        let t = self.tcp_listener(&format!("{ip}:0"));
+        let port = t.local_addr().expect("local_addr").port();
+        drop(t);
+        port
+    }
+
+    /// Starts a TCP server on `addr` inside the namespace; every accepted connection runs
+    /// `handler` on its own thread (with [`IO_TIMEOUT`] read/write timeouts).
+    pub fn tcp_server<F>(&self, addr: &str, handler: F) -> TcpServer
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        TcpServer::start(self.tcp_listener(addr), handler)
+    }
+
+    /// Starts a UDP echo server on `addr`.
+    pub fn udp_echo(&self, addr: &str) -> UdpEcho {
+        UdpEcho::start(self.udp_socket(addr))
+    }
+}
+
+impl Default for HostNs {
+    fn default() -> Self {
+        HostNs::new()
+    }
+}
+
+impl Drop for HostNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.etc_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Who creates the guest's user namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// root (`unshare -r -n`).
+    Root,
+    /// uid/gid 65534 (`setpriv --reuid 65534 ... unshare -r -n`): the rootless shape.
+    Nobody,
+}
+
+/// The guest: a user+net namespace held by `sleep infinity`.
+pub struct Guest {
+    child: Child,
+    /// PID of the `sleep` holding the namespaces.
+    pub pid: u32,
+    /// Who created it.
+    pub owner: Owner,
+}
+
+impl Guest {
+    /// Creates a guest namespace.
+    pub fn new(owner: Owner) -> Guest {
+        require_base();
+        let mut c = match owner {
+            Owner::Root => cmd("unshare", &["-r", "-n", "sleep", "infinity"]),
+            Owner::Nobody => cmd(
+                "setpriv",
+                &[
+                    "--reuid",
+                    "65534",
+                    "--regid",
+                    "65534",
+                    "--clear-groups",
+                    "unshare",
+                    "-r",
+                    "-n",
+                    "sleep",
+                    "infinity",
+                ],
+            ),
+        };
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn().expect("start unshare");
+        let pid = child.id();
+        let mut g = Guest { child, pid, owner };
+        let my_net = std::fs::read_link("/proc/self/ns/net").ok();
+        let start = Instant::now();
+        loop {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+            if comm.trim() == "sleep" && net.is_some() && net != my_net {
+                break;
+            }
+            if let Ok(Some(st)) = g.child.try_wait() {
+                panic!(
+                    "could not create the guest namespace ({owner:?}): unshare exited {st} \
+                     (unprivileged user namespaces may be disabled)"
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "guest namespace not ready within 10 s"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        // allow ping sockets inside the guest.
+        let _ = g.sh("sysctl -qw net.ipv4.ping_group_range='0 2147483647'");
+        g
+    }
+
+    /// `/proc/PID/ns/net`.
+    pub fn ns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.pid))
+    }
+
+    /// A command run inside the guest (`nsenter -t PID -U -n --preserve-credentials`).
+    pub fn command(&self, prog: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args([
+            "-t",
+            &self.pid.to_string(),
+            "-U",
+            "-n",
+            "--preserve-credentials",
+            prog,
+        ]);
+        c
+    }
+
+    /// Runs `sh -c script` inside the guest (30 s deadline).
+    pub fn sh(&self, script: &str) -> Output {
+        let mut c = self.command("sh");
+        c.args(["-c", script]);
+        run_timeout(&mut c, Duration::from_secs(30))
+    }
+
+    /// Runs `sh -c script` inside the guest and fails unless it succeeds; returns stdout.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "in guest: `{script}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` in a thread inside the guest's network namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.ns_path(), f)
+    }
+
+    /// Spawns a thread inside the guest's network namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        spawn_in_netns(&self.ns_path(), f)
+    }
+
+    /// A TCP connection from the guest (timeouts set to [`IO_TIMEOUT`]).
+    pub fn tcp_connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        self.run(|| connect_tcp(addr, Duration::from_secs(10)))
+    }
+
+    /// A UDP socket bound in the guest (0.0.0.0:0).
+    pub fn udp_socket(&self) -> UdpSocket {
+        self.run(|| UdpSocket::bind("0.0.0.0:0").expect("bind udp in guest"))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// connect with timeout and set IO timeouts.
+pub fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------
+// the engine
+// ---------------------------------------------------------------------------------------
+
+/// How to start the engine.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOpts {
+    /// Extra options (before `PID tap0`), e.g. `--configure`, `--mtu=65520`.
+    pub args: Vec<String>,
+    /// Pass an exit fd (`-e`); the test keeps its write end.
+    pub exit_fd: bool,
+    /// Run the engine as uid/gid 65534 with a private 0666 /dev/net/tun (rootless shape).
+    pub as_nobody: bool,
+    /// Tap name (default tap0).
+    pub tap: Option<String>,
+}
+
+impl EngineOpts {
+    /// `--configure` plus `extra`.
+    pub fn configure(extra: &[&str]) -> EngineOpts {
+        let mut args = vec!["--configure".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        EngineOpts {
+            args,
+            ..Default::default()
+        }
+    }
+}
+
+/// A running engine (killed on drop).
+pub struct Engine {
+    child: Child,
+    /// PID of the engine process (ip netns exec / sh / setpriv all exec into it).
+    pub pid: u32,
+    /// Write end of the exit fd, when asked for.
+    pub exit_w: Option<OwnedFd>,
+    /// What was read from the ready fd.
+    pub ready_bytes: Vec<u8>,
+    stderr_path: PathBuf,
+    reaped: Option<ExitStatus>,
+}
+
+const READY_FD: RawFd = 20;
+const EXIT_FD: RawFd = 21;
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid 2-element array for pipe2 to fill.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, both fds are fresh and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Hands `fds` (src → dst) to the child at exec.
+fn pass_fds(c: &mut Command, fds: Vec<(RawFd, RawFd)>) {
+    // SAFETY: the closure only calls async-signal-safe functions (fcntl, dup2) on fds
+    // that are open in the child; it does not allocate.
+    unsafe {
+        c.pre_exec(move || {
+            let mut tmp = [(-1 as RawFd, -1 as RawFd); 4];
+            for (i, (src, dst)) in fds.iter().enumerate().take(4) {
+                let t = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 64);
+                if t < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                tmp[i] = (t, *dst);
+            }
+            for (t, dst) in tmp.iter() {
+                if *t >= 0 && libc::dup2(*t, *dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: p is a valid pollfd for one element.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r > 0
+}
+
+impl Engine {
+    /// Starts the engine in `host` for `guest` and waits (≤ [`READY_TIMEOUT`]) for "1"
+    /// on the ready fd.
+    pub fn start(host: &HostNs, guest: &Guest, opts: &EngineOpts) -> Engine {
+        let e = Engine::spawn(host, guest, opts, true);
+        e.expect_ready()
+    }
+
+    /// Spawns without waiting; `ready` says whether to pass `-r`.
+    pub fn spawn(host: &HostNs, guest: &Guest, opts: &EngineOpts, ready: bool) -> EngineStarting {
+        let bin = engine_bin();
+        let mut args: Vec<String> = opts.args.clone();
+        let (rr, rw) = pipe();
+        let (er, ew) = pipe();
+        let mut fds = Vec::new();
+        if ready {
+            args.push(format!("--ready-fd={READY_FD}"));
+            fds.push((rw.as_raw_fd(), READY_FD));
+        }
+        if opts.exit_fd {
+            args.push(format!("--exit-fd={EXIT_FD}"));
+            fds.push((er.as_raw_fd(), EXIT_FD));
+        }
+        args.push(guest.pid.to_string());
+        args.push(opts.tap.clone().unwrap_or_else(|| "tap0".into()));
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &host.name]);
+        if opts.as_nobody {
+            // private mount namespace (ip netns exec makes one, slave of /): a 0666 tun
+            // node, as rootless engines need; nothing changes outside.
+            c.args([
+                "sh",
+                "-c",
+                "mount -t tmpfs -o mode=0755 tmpfs /dev/net && \
+                 mknod -m 0666 /dev/net/tun c 10 200 || exit 97; \
+                 exec setpriv --reuid 65534 --regid 65534 --clear-groups \"$@\"",
+                "sh",
+            ]);
+        }
+        c.arg(&bin).args(&args);
+        let id = unique_id();
+        let stderr_path = host.dir.join(format!("engine-{id}.stderr"));
+        let errf = File::create(&stderr_path).expect("create stderr file");
+        c.stdin(Stdio::null())
+            .stdout(errf.try_clone().expect("dup"))
+            .stderr(errf);
+        pass_fds(&mut c, fds);
+        let desc = format!("{c:?}");
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+        drop(rw);
+        drop(er);
+        let pid = child.id();
+        EngineStarting {
+            engine: Engine {
+                child,
+                pid,
+                exit_w: opts.exit_fd.then_some(ew),
+                ready_bytes: Vec::new(),
+                stderr_path,
+                reaped: None,
+            },
+            ready_r: ready.then_some(rr),
+            desc,
+        }
+    }
+
+    /// The engine's stderr/stdout so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// utime+stime of the engine in seconds (from /proc/PID/stat).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        proc_cpu_seconds(self.pid)
+    }
+
+    /// Exit status if it exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.reaped.is_none() {
+            self.reaped = self.child.try_wait().ok().flatten();
+        }
+        self.reaped
+    }
+
+    /// Waits up to `timeout` for the engine to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `sig` to the engine (a PID we started).
+    pub fn signal(&self, sig: i32) {
+        if self.reaped.is_none() {
+            let pid = libc::pid_t::try_from(self.pid).expect("pid fits");
+            // SAFETY: kill on a child we started and have not reaped.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Panics with the engine's output unless it is still running.
+    pub fn assert_alive(&mut self, what: &str) {
+        if let Some(st) = self.try_wait() {
+            panic!("engine exited ({st}) {what}; its output: {}", self.stderr());
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An engine spawned but not yet known to be ready.
+pub struct EngineStarting {
+    /// The engine.
+    pub engine: Engine,
+    ready_r: Option<OwnedFd>,
+    desc: String,
+}
+
+impl EngineStarting {
+    /// Waits for the ready fd; returns the engine or fails the test with its output.
+    pub fn expect_ready(mut self) -> Engine {
+        let rr = self
+            .ready_r
+            .take()
+            .expect("engine started without a ready fd");
+        let mut f = File::from(rr);
+        let start = Instant::now();
+        let mut got = Vec::new();
+        // read until EOF (the engine closes the fd) or "1" plus a short grace for EOF.
+        loop {
+            let left = READY_TIMEOUT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            if !poll_readable(f.as_raw_fd(), left.min(Duration::from_millis(200))) {
+                if let Some(st) = self.engine.try_wait() {
+                    panic!(
+                        "engine exited ({st}) before signalling readiness: {}\noutput: {}",
+                        self.desc,
+                        self.engine.stderr()
+                    );
+                }
+                if !got.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let mut buf = [0u8; 16];
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if got.is_empty()
+            && let Some(st) = self.engine.wait_timeout(Duration::from_millis(500))
+        {
+            panic!(
+                "engine exited ({st}) without writing to its ready fd: {}\noutput: {}",
+                self.desc,
+                self.engine.stderr()
+            );
+        }
+        assert!(
+            !got.is_empty(),
+            "engine did not write to its ready fd within {READY_TIMEOUT:?}: {}\noutput: {}",
+            self.desc,
+            self.engine.stderr()
+        );
+        self.engine.ready_bytes = got;
+        self.engine.assert_alive("right after signalling readiness");
+        self.engine
+    }
+}
+
+/// utime+stime of `pid` in seconds.
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // fields after comm: state(3) ... utime is field 14 → index 11 here, stime 12.
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((ut + st) / hz)
+}
+
+// ---------------------------------------------------------------------------------------
+// a full setup
+// ---------------------------------------------------------------------------------------
+
+/// Host namespace + guest + engine (drop order: engine, guest, host).
+pub struct Setup {
+    /// The engine.
+    pub engine: Engine,
+    /// The guest.
+    pub guest: Guest,
+    /// The host namespace.
+    pub host: HostNs,
+}
+
+impl Setup {
+    /// Host ns, root-made guest, engine with `--configure` and `extra` options.
+    pub fn configured(extra: &[&str]) -> Setup {
+        Setup::with(Owner::Root, &EngineOpts::configure(extra))
+    }
+
+    /// Host ns, guest made by `owner`, engine with `opts`.
+    pub fn with(owner: Owner, opts: &EngineOpts) -> Setup {
+        let host = HostNs::new();
+        let guest = Guest::new(owner);
+        let engine = Engine::start(&host, &guest, opts);
+        Setup {
+            engine,
+            guest,
+            host,
+        }
+    }
+
+    /// A guest→host TCP echo round trip of `len` bytes to `addr`; fails the test otherwise.
+    pub fn echo_roundtrip(&self, addr: SocketAddr, seed: u64, len: usize) {
+        let data = pattern(seed, len);
+        let got = self.guest.run(|| -> io::Result<Vec<u8>> {
+            let mut s = connect_tcp(addr, Duration::from_secs(10))?;
+            let d2 = data.clone();
+            let mut w = s.try_clone()?;
+            let writer = thread::spawn(move || -> io::Result<()> {
+                w.write_all(&d2)?;
+                w.shutdown(std::net::Shutdown::Write)
+            });
+            let (got, err) = read_to_end_result(&mut s);
+            writer
+                .join()
+                .map_err(|_| io::Error::other("writer panicked"))??;
+            match err {
+                Some(e) => Err(e),
+                None => Ok(got),
+            }
+        });
+        let got = got.unwrap_or_else(|e| panic!("echo via {addr} failed: {e}"));
+        assert_eq!(got.len(), data.len(), "echo via {addr}: length differs");
+        assert_eq!(
+            sha256_hex(&got),
+            sha256_hex(&data),
+            "echo via {addr}: content differs"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// servers
+// ---------------------------------------------------------------------------------------
+
+/// A TCP server running handlers on threads; stops accepting on drop (or after 300 s).
+pub struct TcpServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU32>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TcpServer {
+    /// Serves `listener`.
+    pub fn start<F>(listener: TcpListener, handler: F) -> TcpServer
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let addr = listener.local_addr().expect("local_addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let handler = Arc::new(handler);
+        let (st, acc) = (stop.clone(), accepted.clone());
+        let handle = thread::spawn(move || {
+            let start = Instant::now();
+            while !st.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(300) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        acc.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                        let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                        let h = handler.clone();
+                        thread::spawn(move || h(s));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        TcpServer {
+            addr,
+            stop,
+            accepted,
+            handle: Some(handle),
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Handler: echo everything until EOF, then close.
+pub fn echo_handler(mut s: TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+/// Handler factory: a minimal HTTP/1.0 server answering any GET with `pattern(seed, len)`.
+pub fn http_handler(seed: u64, len: usize) -> impl Fn(TcpStream) + Send + Sync + 'static {
+    let body = Arc::new(pattern(seed, len));
+    move |mut s: TcpStream| {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 65536 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let hdr = format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        if s.write_all(hdr.as_bytes()).is_ok() {
+            let _ = s.write_all(&body);
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        // drain until the client closes (bounded by the read timeout).
+        let _ = read_to_end_result(&mut s);
+    }
+}
+
+/// A UDP echo server; counts datagrams; stops on drop.
+pub struct UdpEcho {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Datagrams received.
+    pub received: Arc<AtomicU32>,
+    /// Sizes of datagrams received.
+    pub sizes: Arc<Mutex<Vec<usize>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Echoes every datagram on `sock` back to its sender.
+    pub fn start(sock: UdpSocket) -> UdpEcho {
+        let addr = sock.local_addr().expect("local_addr");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU32::new(0));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let (st, rc, sz) = (stop.clone(), received.clone(), sizes.clone());
+        let handle = thread::spawn(move || {
+            let start = Instant::now();
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(300) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    rc.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut v) = sz.lock() {
+                        v.push(n);
+                    }
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+        UdpEcho {
+            addr,
+            received,
+            sizes,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Datagrams received so far.
+    pub fn count(&self) -> u32 {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends `data` on a connected UDP socket and waits (≤ `timeout`, `tries` sends) for a
+/// reply; returns the reply or the last error.
+pub fn udp_request(
+    sock: &UdpSocket,
+    data: &[u8],
+    tries: u32,
+    timeout: Duration,
+) -> io::Result<Vec<u8>> {
+    sock.set_read_timeout(Some(timeout))?;
+    let mut buf = vec![0u8; 65536];
+    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no reply");
+    for _ in 0..tries {
+        if let Err(e) = sock.send(data) {
+            last = e;
+            continue;
+        }
+        match sock.recv(&mut buf) {
+            Ok(n) => return Ok(buf[..n].to_vec()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+// ---------------------------------------------------------------------------------------
+// raw frames into tap0 (from inside the guest)
+// ---------------------------------------------------------------------------------------
+
+/// An AF_PACKET socket bound to an interface of the calling thread's namespace.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    /// Opens a packet socket on `ifname` (call from a thread inside the namespace).
+    pub fn open(ifname: &str) -> io::Result<PacketSocket> {
+        let name = CString::new(ifname).map_err(io::Error::other)?;
+        // SAFETY: name is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if idx == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                proto.into(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh socket we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(PacketSocket {
+            fd,
+            ifindex: i32::try_from(idx).map_err(io::Error::other)?,
+        })
+    }
+
+    /// Sends one raw Ethernet frame.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: sockaddr_ll is plain old data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        if frame.len() >= 6 {
+            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        }
+        // SAFETY: frame and sll are valid for the lengths given.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Internet checksum.
+pub fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += u32::from(w);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Builds an Ethernet+IPv4 frame; `frag` = (more_fragments, offset in 8-byte units).
+pub fn ipv4_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    id: u16,
+    frag: (bool, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 20 + payload.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = u16::try_from(20 + payload.len()).expect("fits");
+    let flags_off = (if frag.0 { 0x2000u16 } else { 0 }) | (frag.1 & 0x1fff);
+    let mut ip = Vec::with_capacity(20);
+    ip.extend_from_slice(&[0x45, 0]);
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&id.to_be_bytes());
+    ip.extend_from_slice(&flags_off.to_be_bytes());
+    ip.extend_from_slice(&[64, proto, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let ck = inet_checksum(&ip);
+    ip[10..12].copy_from_slice(&ck.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    v.try_into().ok()
+}

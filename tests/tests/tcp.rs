@@ -1,0 +1,332 @@
+//! TCP through the NAT: refused and reset connections, half-close, many connections,
+//! slow readers on either side.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+use usernet_tests::*;
+
+fn outside(port: u16) -> SocketAddr {
+    SocketAddr::from((HOST_ADDR, port))
+}
+
+#[test]
+fn refused_connection_is_seen_fast() {
+    let s = Setup::configured(&[]);
+    for (name, ip) in [("198.51.100.1", "198.51.100.1"), ("10.0.2.2", "127.0.0.1")] {
+        let port = s.host.free_port(ip);
+        let dst: SocketAddr = format!("{name}:{port}").parse().expect("addr");
+        let start = Instant::now();
+        let r = s
+            .guest
+            .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(10)));
+        let took = start.elapsed();
+        match r {
+            Err(e) => assert_eq!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused,
+                "connect to {dst} without listener: expected 'connection refused', got {e}"
+            ),
+            Ok(_) => panic!("connect to {dst} without a listener succeeded"),
+        }
+        assert!(
+            took < Duration::from_secs(3),
+            "refusal of {dst} took {took:?} (should be fast)"
+        );
+    }
+}
+
+#[test]
+fn reset_connection_is_seen_as_reset() {
+    let s = Setup::configured(&[]);
+    // the server sends 64 KiB, then closes with SO_LINGER 0 (RST) while the guest
+    // still has unread data in flight and keeps sending.
+    let srv = s.host.tcp_server("198.51.100.1:0", |mut c: TcpStream| {
+        let _ = c.write_all(&pattern(9, 65536));
+        let mut b = [0u8; 16];
+        let _ = c.read(&mut b); // wait for the guest's first bytes
+        let _ = socket_linger0(&c);
+        drop(c);
+    });
+    let r = s.guest.run(|| -> io::Result<(usize, Option<io::Error>)> {
+        let mut c = connect_tcp(outside(srv.port()), Duration::from_secs(10))?;
+        c.write_all(b"go")?;
+        thread::sleep(Duration::from_millis(500));
+        // keep writing and reading: one of them must report the reset.
+        let start = Instant::now();
+        let mut total = 0;
+        let mut buf = vec![0u8; 65536];
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Err(e) = c.write_all(b"more data") {
+                return Ok((total, Some(e)));
+            }
+            match c.read(&mut buf) {
+                Ok(0) => return Ok((total, None)),
+                Ok(n) => total += n,
+                Err(e) => return Ok((total, Some(e))),
+            }
+        }
+        Ok((total, None))
+    });
+    let (total, err) = r.expect("connect");
+    match err {
+        Some(e) => assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "expected a reset after {total} bytes, got {e}"
+        ),
+        None => panic!("the guest saw a clean EOF after {total} bytes instead of a reset"),
+    }
+}
+
+fn socket_linger0(c: &TcpStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: l is a valid linger struct and the fd is open.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Guest sends, shuts down its write side, and still receives the server's reply.
+#[test]
+fn half_close_guest_first() {
+    let s = Setup::configured(&[]);
+    let srv = s.host.tcp_server("198.51.100.1:0", |mut c: TcpStream| {
+        let (got, err) = read_to_end_result(&mut c);
+        if err.is_some() {
+            return;
+        }
+        // reply after the guest's FIN: the hash of what came, then 1 MiB.
+        let _ = c.write_all(sha256_hex(&got).as_bytes());
+        let _ = c.write_all(&pattern(11, 1 << 20));
+        let _ = c.shutdown(Shutdown::Write);
+    });
+    let data = pattern(10, 3 << 20);
+    let reply = s
+        .guest
+        .run(|| -> io::Result<Vec<u8>> {
+            let mut c = connect_tcp(outside(srv.port()), Duration::from_secs(10))?;
+            c.write_all(&data)?;
+            c.shutdown(Shutdown::Write)?;
+            let (got, err) = read_to_end_result(&mut c);
+            match err {
+                Some(e) => Err(e),
+                None => Ok(got),
+            }
+        })
+        .expect("half-close exchange");
+    assert!(reply.len() >= 64, "reply too short: {}", reply.len());
+    assert_eq!(
+        String::from_utf8_lossy(&reply[..64]),
+        sha256_hex(&data),
+        "server got other bytes than sent"
+    );
+    assert_eq!(sha256_hex(&reply[64..]), sha256_hex(&pattern(11, 1 << 20)));
+}
+
+/// The server sends and shuts down its write side first; the guest reads to EOF and then
+/// sends its reply, which the server still receives.
+#[test]
+fn half_close_server_first() {
+    let s = Setup::configured(&[]);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(tx);
+    let srv = s
+        .host
+        .tcp_server("198.51.100.1:0", move |mut c: TcpStream| {
+            let _ = c.write_all(&pattern(12, 2 << 20));
+            let _ = c.shutdown(Shutdown::Write);
+            let (got, _) = read_to_end_result(&mut c);
+            if let Ok(t) = tx.lock() {
+                let _ = t.send(got);
+            }
+        });
+    let data = s
+        .guest
+        .run(|| -> io::Result<Vec<u8>> {
+            let mut c = connect_tcp(outside(srv.port()), Duration::from_secs(10))?;
+            let (got, err) = read_to_end_result(&mut c);
+            if let Some(e) = err {
+                return Err(e);
+            }
+            // after EOF, the guest's direction is still open.
+            c.write_all(sha256_hex(&got).as_bytes())?;
+            c.write_all(&pattern(13, 1 << 20))?;
+            c.shutdown(Shutdown::Write)?;
+            let _ = read_to_end_result(&mut c);
+            Ok(got)
+        })
+        .expect("guest side");
+    assert_eq!(sha256_hex(&data), sha256_hex(&pattern(12, 2 << 20)));
+    let srv_got = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server never finished reading");
+    assert!(srv_got.len() >= 64, "server got {} bytes", srv_got.len());
+    assert_eq!(String::from_utf8_lossy(&srv_got[..64]), sha256_hex(&data));
+    assert_eq!(
+        sha256_hex(&srv_got[64..]),
+        sha256_hex(&pattern(13, 1 << 20))
+    );
+}
+
+#[test]
+fn sequential_200_connections() {
+    let s = Setup::configured(&[]);
+    let srv = s.host.tcp_server("198.51.100.1:0", echo_handler);
+    let lo = s.host.tcp_server("127.0.0.1:0", echo_handler);
+    for i in 0..200u64 {
+        let dst = if i % 2 == 0 {
+            outside(srv.port())
+        } else {
+            SocketAddr::from((GATEWAY, lo.port()))
+        };
+        s.echo_roundtrip(dst, 1000 + i, 1000 + (i as usize * 37) % 5000);
+    }
+    assert_eq!(srv.accepted() + lo.accepted(), 200);
+}
+
+#[test]
+fn concurrent_100_connections() {
+    let s = Setup::configured(&[]);
+    let srv = s.host.tcp_server("198.51.100.1:0", echo_handler);
+    let port = srv.port();
+    let handles: Vec<_> = (0..100u64)
+        .map(|i| {
+            s.guest.spawn(move || -> Result<(), String> {
+                let data = pattern(2000 + i, 20_000 + i as usize * 100);
+                let mut c = connect_tcp(outside(port), Duration::from_secs(20))
+                    .map_err(|e| format!("conn {i}: connect: {e}"))?;
+                let mut w = c.try_clone().map_err(|e| e.to_string())?;
+                let d2 = data.clone();
+                let wt = thread::spawn(move || {
+                    let r = w.write_all(&d2);
+                    let _ = w.shutdown(Shutdown::Write);
+                    r
+                });
+                let (got, err) = read_to_end_result(&mut c);
+                let _ = wt.join();
+                if let Some(e) = err {
+                    return Err(format!("conn {i}: read: {e}"));
+                }
+                if sha256_hex(&got) != sha256_hex(&data) {
+                    return Err(format!("conn {i}: payload differs ({} bytes)", got.len()));
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .filter_map(|h| {
+            h.join()
+                .map_err(|_| "panic".to_string())
+                .and_then(|r| r)
+                .err()
+        })
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} connections failed: {errors:?}",
+        errors.len()
+    );
+    assert_eq!(srv.accepted(), 100);
+}
+
+const SLOW_LEN: usize = 20 * 1024 * 1024;
+
+/// Reads `len` bytes slowly: a 2 s stall at the start and in the middle, small reads.
+fn slow_read(c: &mut TcpStream, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    let mut buf = vec![0u8; 16384];
+    thread::sleep(Duration::from_secs(2));
+    let mut paused = false;
+    let mut n_reads = 0u32;
+    loop {
+        let n = c.read(&mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        n_reads += 1;
+        if !paused && out.len() > len / 2 {
+            paused = true;
+            thread::sleep(Duration::from_secs(2));
+        }
+        if n_reads.is_multiple_of(16) {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn slow_reader_in_guest() {
+    let s = Setup::configured(&[]);
+    let srv = s.host.tcp_server("198.51.100.1:0", |mut c: TcpStream| {
+        let _ = c.write_all(&pattern(21, SLOW_LEN));
+        let _ = c.shutdown(Shutdown::Write);
+        let _ = read_to_end_result(&mut c);
+    });
+    // another flow must keep working while this one is stalled.
+    let other = s.host.tcp_server("127.0.0.1:0", echo_handler);
+    let port = srv.port();
+    let h = s.guest.spawn(move || -> io::Result<Vec<u8>> {
+        let mut c = connect_tcp(outside(port), Duration::from_secs(10))?;
+        c.set_read_timeout(Some(Duration::from_secs(60)))?;
+        slow_read(&mut c, SLOW_LEN)
+    });
+    thread::sleep(Duration::from_millis(700));
+    s.echo_roundtrip(SocketAddr::from((GATEWAY, other.port())), 22, 100_000);
+    let got = h.join().expect("join").expect("slow read");
+    assert_eq!(got.len(), SLOW_LEN, "bytes received");
+    assert_eq!(sha256_hex(&got), sha256_hex(&pattern(21, SLOW_LEN)));
+}
+
+#[test]
+fn slow_reader_on_host() {
+    let s = Setup::configured(&[]);
+    let (tx, rx) = mpsc::channel::<io::Result<Vec<u8>>>();
+    let tx = std::sync::Mutex::new(tx);
+    let srv = s
+        .host
+        .tcp_server("198.51.100.1:0", move |mut c: TcpStream| {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
+            let r = slow_read(&mut c, SLOW_LEN);
+            if let Ok(t) = tx.lock() {
+                let _ = t.send(r);
+            }
+        });
+    let data = pattern(23, SLOW_LEN);
+    s.guest
+        .run(|| -> io::Result<()> {
+            let mut c = connect_tcp(outside(srv.port()), Duration::from_secs(10))?;
+            c.set_write_timeout(Some(Duration::from_secs(60)))?;
+            c.write_all(&data)?;
+            c.shutdown(Shutdown::Write)
+        })
+        .expect("guest write");
+    let got = rx
+        .recv_timeout(Duration::from_secs(90))
+        .expect("server did not finish")
+        .expect("server read");
+    assert_eq!(got.len(), SLOW_LEN, "bytes received by the host");
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+}
