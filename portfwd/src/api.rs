@@ -46,6 +46,9 @@
 //!   refused rather than taken as absent.
 //! * **Size.** slirp4netns refuses requests of 4096 bytes or more; we accept up to
 //!   [`MAX_REQUEST_BYTES`] (64 KiB), which still bounds memory per connection.
+//! * **One JSON value.** Anything but whitespace after the object makes the request
+//!   `cannot parse JSON` (slirp4netns's parser stops at the end of the first value
+//!   and ignores the rest).
 //! * **NUL.** Bytes after a first NUL are ignored, as slirp4netns's C string parsing
 //!   does, so a client that sends `strlen + 1` bytes keeps working.
 //! * The `add_hostfwd` and `remove_hostfwd` failure texts keep slirp4netns's
@@ -646,6 +649,11 @@ mod tests {
         assert_eq!(
             parse_request(br#"{"execute":"stats"}"#).unwrap(),
             Request::Stats
+        );
+        // Go clients whose `arguments` field lacks omitempty send null.
+        assert_eq!(
+            parse_request(b"{\"execute\":\"list_hostfwd\",\"arguments\":null}\n").unwrap(),
+            Request::ListHostfwd
         );
     }
 

@@ -10,7 +10,8 @@
 //!   brackets (`[::1]:8080:80`). With three parts `A:B:C` the position of the
 //!   address decides: `127.0.0.1:2222:22` names the host address, `2222:10.0.2.15:22`
 //!   the guest address (B is read as an address when A looks like a port and B does
-//!   not). Four parts are `HOSTADDR:HOSTPORT:GUESTADDR:GUESTPORT`. Empty address
+//!   not). As an extension the protocol may also come first, as in QEMU's
+//!   `hostfwd=tcp:...`: `udp:5353:53` is `5353:53/udp`. Four parts are `HOSTADDR:HOSTPORT:GUESTADDR:GUESTPORT`. Empty address
 //!   parts mean the default: `0.0.0.0` on the host, the engine's default guest
 //!   address in the guest. Port ranges (`8080-8089:80-89`) must have the same length
 //!   on both sides and expand into one rule per port, at most [`MAX_RANGE_PORTS`].
@@ -169,6 +170,22 @@ pub enum RuleErrorKind {
     /// A required part is absent, e.g. the guest port of `8080`.
     #[error("the {0} is missing (expected {1})")]
     Missing(&'static str, &'static str),
+    /// A `--publish` rule with a single port, for which Docker picks a random host
+    /// port; usernet never picks host ports.
+    #[error(
+        "only one port is given (expected both a host and a guest port, e.g. 8080:80; a random host port is not supported)"
+    )]
+    OnePort,
+    /// A `[` without its `]`, or the reverse.
+    #[error(
+        "its brackets do not match (expected IPv6 addresses written as [ADDR], e.g. [::1]:8080:80)"
+    )]
+    UnbalancedBrackets,
+    /// Both a `PROTO:` prefix and a `/PROTO` suffix.
+    #[error(
+        "the protocol is given twice (expected either a tcp:/udp: prefix or a /tcp|/udp suffix)"
+    )]
+    ProtoTwice,
     /// More `:`-separated parts than the grammar has.
     #[error(
         "it has {0} ':'-separated parts (expected at most 4, HOSTADDR:HOSTPORT:GUESTADDR:GUESTPORT; write IPv6 addresses in brackets, e.g. [::1]:8080:80)"
@@ -364,15 +381,16 @@ fn parse_addr(side: Side, s: &str) -> Result<Option<IpAddr>, RuleErrorKind> {
         })
 }
 
-/// Splits on `:` outside brackets.
-fn split_colons(s: &str) -> Vec<&str> {
+/// Splits on `:` outside brackets; fails on unbalanced or nested brackets.
+fn split_colons(s: &str) -> Result<Vec<&str>, RuleErrorKind> {
     let mut parts = Vec::new();
     let mut depth = 0usize;
     let mut start = 0;
     for (i, c) in s.char_indices() {
         match c {
-            '[' => depth += 1,
-            ']' => depth = depth.saturating_sub(1),
+            '[' if depth == 0 => depth = 1,
+            ']' if depth == 1 => depth = 0,
+            '[' | ']' => return Err(RuleErrorKind::UnbalancedBrackets),
             ':' if depth == 0 => {
                 parts.push(&s[start..i]);
                 start = i + 1;
@@ -380,8 +398,11 @@ fn split_colons(s: &str) -> Vec<&str> {
             _ => {}
         }
     }
+    if depth != 0 {
+        return Err(RuleErrorKind::UnbalancedBrackets);
+    }
     parts.push(&s[start..]);
-    parts
+    Ok(parts)
 }
 
 /// Whether a part reads as a port or a port range rather than an address.
@@ -402,23 +423,33 @@ fn parse_publish_inner(s: &str) -> Result<Vec<RuleSpec>, RuleErrorKind> {
     if s.is_empty() {
         return Err(RuleErrorKind::Empty(PUBLISH_SYNTAX));
     }
-    let (body, proto) = match s.split_once('/') {
+    let (body, suffix) = match s.split_once('/') {
         Some((body, p)) => (
             body,
-            p.parse::<Proto>()
-                .map_err(|e| RuleErrorKind::UnknownProto(e.0))?,
+            Some(
+                p.parse::<Proto>()
+                    .map_err(|e| RuleErrorKind::UnknownProto(e.0))?,
+            ),
         ),
-        None => (s, Proto::Tcp),
+        None => (s, None),
     };
-    let parts = split_colons(body);
-    let (host_addr, host_ports, guest_addr, guest_ports) = match parts.as_slice() {
-        [] | [_] => {
-            // Docker would pick a random host port; we never do.
-            return Err(RuleErrorKind::Missing(
-                "host port or the guest port",
-                PUBLISH_SYNTAX,
-            ));
+    let mut parts = split_colons(body)?;
+    // usernet extension: a `tcp:`/`udp:` prefix, as in QEMU's hostfwd. Neither word
+    // can be an address or a port, so the prefix is unambiguous.
+    let prefix = match parts.first().map(|p| p.parse::<Proto>()) {
+        Some(Ok(proto)) if parts.len() > 1 => {
+            parts.remove(0);
+            Some(proto)
         }
+        _ => None,
+    };
+    let proto = match (prefix, suffix) {
+        (Some(_), Some(_)) => return Err(RuleErrorKind::ProtoTwice),
+        (Some(p), None) | (None, Some(p)) => p,
+        (None, None) => Proto::Tcp,
+    };
+    let (host_addr, host_ports, guest_addr, guest_ports) = match parts.as_slice() {
+        [] | [_] => return Err(RuleErrorKind::OnePort),
         [hp, gp] => ("", *hp, "", *gp),
         [a, b, c] => {
             if looks_like_port(a) && !looks_like_port(b) {
@@ -551,6 +582,24 @@ mod tests {
     }
 
     #[test]
+    fn publish_proto_prefix() {
+        assert_eq!(one("udp:5353:53"), RuleSpec::new(Proto::Udp, 5353, 53));
+        assert_eq!(one("TCP:8080:80"), RuleSpec::new(Proto::Tcp, 8080, 80));
+        let r = one("tcp:127.0.0.1:2222:22");
+        assert_eq!(r.host_addr, ip("127.0.0.1"));
+        let r = one("udp:[::1]:5353:[fd00::15]:53");
+        assert_eq!(r.guest_addr, Some(ip("fd00::15")));
+        assert_eq!(
+            err("udp:5353:53/udp"),
+            r#"port-forward rule "udp:5353:53/udp": the protocol is given twice (expected either a tcp:/udp: prefix or a /tcp|/udp suffix)"#
+        );
+        assert_eq!(
+            err("tcp:80"),
+            r#"port-forward rule "tcp:80": only one port is given (expected both a host and a guest port, e.g. 8080:80; a random host port is not supported)"#
+        );
+    }
+
+    #[test]
     fn publish_three_parts_host_addr() {
         let r = one("127.0.0.1:2222:22");
         assert_eq!(r.host_addr, ip("127.0.0.1"));
@@ -636,10 +685,9 @@ mod tests {
             err("+80:80"),
             r#"port-forward rule "+80:80": host port "+80" is not a number (expected 1-65535)"#
         );
-        // The brief's example: "tcp" reads as a host address.
         assert_eq!(
             err("tcp:99999:80"),
-            r#"port-forward rule "tcp:99999:80": host address "tcp" is not a valid IP address (expected e.g. 127.0.0.1 or [::1])"#
+            r#"port-forward rule "tcp:99999:80": host port 99999 is out of range (expected 1-65535)"#
         );
         assert_eq!(
             err("1.2.3.4:99999:80"),
@@ -709,10 +757,14 @@ mod tests {
             err("8080:10.0.2.300:80"),
             r#"port-forward rule "8080:10.0.2.300:80": guest address "10.0.2.300" is not a valid IP address (expected e.g. 127.0.0.1 or [::1])"#
         );
-        assert_eq!(
-            err("[::1:8080:80"),
-            r#"port-forward rule "[::1:8080:80": the host port or the guest port is missing (expected [HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT[/tcp|/udp])"#
-        );
+        for bad in ["[::1:8080:80", "::1]:8080:80", "[[::1]]:8080:80"] {
+            assert_eq!(
+                err(bad),
+                format!(
+                    r#"port-forward rule "{bad}": its brackets do not match (expected IPv6 addresses written as [ADDR], e.g. [::1]:8080:80)"#
+                )
+            );
+        }
         assert_eq!(
             err("1.2.3.4:8080:bad:80"),
             r#"port-forward rule "1.2.3.4:8080:bad:80": guest address "bad" is not a valid IP address (expected e.g. 127.0.0.1 or [::1])"#
@@ -731,7 +783,11 @@ mod tests {
         );
         assert_eq!(
             err("80"),
-            r#"port-forward rule "80": the host port or the guest port is missing (expected [HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT[/tcp|/udp])"#
+            r#"port-forward rule "80": only one port is given (expected both a host and a guest port, e.g. 8080:80; a random host port is not supported)"#
+        );
+        assert_eq!(
+            err("80/udp"),
+            r#"port-forward rule "80/udp": only one port is given (expected both a host and a guest port, e.g. 8080:80; a random host port is not supported)"#
         );
         assert_eq!(
             err("8080:"),

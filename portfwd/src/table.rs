@@ -277,6 +277,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Random inserts and removes keep the invariants: ids grow, the list is
+        /// sorted, and no two rules in the table conflict.
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec(
+            (proptest::prelude::any::<bool>(), 0u8..4, 1u16..6, 0u32..12), 0..64)
+        ) {
+            let addrs = ["0.0.0.0", "127.0.0.1", "::", "::1"];
+            let mut t = Table::new();
+            let mut last_id = 0;
+            for (udp, a, port, rm) in ops {
+                if rm < 4 {
+                    t.remove(rm);
+                    continue;
+                }
+                let spec = RuleSpec {
+                    proto: if udp { Proto::Udp } else { Proto::Tcp },
+                    host_addr: addrs[usize::from(a)].parse().unwrap(),
+                    ..RuleSpec::new(Proto::Tcp, port, 80)
+                };
+                let checked = t.check(&spec).is_ok();
+                match t.insert(spec) {
+                    Ok(id) => {
+                        proptest::prop_assert!(checked);
+                        proptest::prop_assert!(id > last_id);
+                        last_id = id;
+                    }
+                    Err(_) => proptest::prop_assert!(!checked),
+                }
+                let rules: Vec<&Rule> = t.list().collect();
+                for (i, a) in rules.iter().enumerate() {
+                    for b in &rules[i + 1..] {
+                        proptest::prop_assert!(a.id < b.id);
+                        proptest::prop_assert!(!conflicts(&a.spec, &b.spec));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_exhausted() {
         let mut t = Table::new();
