@@ -226,7 +226,32 @@ mod tests {
         }
     }
 
+    static SEEDS: [&[u8]; 4] = [
+        include_bytes!("testdata/a_query_cookie.bin"),
+        include_bytes!("testdata/aaaa_query.bin"),
+        include_bytes!("testdata/txt_query.bin"),
+        include_bytes!("testdata/tc_answer.bin"),
+    ];
+
     proptest::proptest! {
+        /// Real messages with a few bytes flipped and an operation tail:
+        /// reaches the forward, local, timeout and matching paths far more
+        /// often than uniform bytes do.
+        #[test]
+        fn mutated_seeds(
+            which in 0usize..SEEDS.len(),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..4),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut data = SEEDS[which].to_vec();
+            for (pos, x) in flips {
+                let n = data.len();
+                data[pos % n] ^= x;
+            }
+            data.extend_from_slice(&tail);
+            dns_message(&data);
+        }
+
         #[test]
         fn arbitrary_bytes(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             dns_message(&data);

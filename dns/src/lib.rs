@@ -40,12 +40,45 @@
 //!
 //! # Dependencies
 //!
-//! None at run time. The header and question views are a few dozen lines in
+//! None at run time. The header and question views are a small module in
 //! the `smoltcp::wire` style; taking smoltcp's `DnsPacket` would have tied
 //! this crate to smoltcp's feature set for two fields, and `hickory-proto`
 //! would parse (and could reject) records the relay must pass through
 //! unread. Tests use `proptest` (already a workspace dev-dependency) and
 //! real captured messages under `src/testdata/`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use std::time::Instant;
+//! use usernet_dns::{AnswerAction, QueryAction, Relay, RelayConfig};
+//!
+//! let upstream: SocketAddr = "127.0.0.53:53".parse().unwrap();
+//! let guest: SocketAddr = "10.0.2.15:40000".parse().unwrap();
+//! let mut relay: Relay<SocketAddr> = Relay::new(RelayConfig {
+//!     upstreams: vec![upstream],
+//!     local_names: vec!["host.usernet.internal".into()],
+//!     rng_seed: 0x5eed, // from the OS in real use
+//!     ..RelayConfig::default()
+//! });
+//! // A query for example.com A, id 0x1234, RD set.
+//! let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
+//!               \x07example\x03com\x00\x00\x01\x00\x01";
+//! let mut out = [0u8; 65_535];
+//! let now = Instant::now();
+//! let QueryAction::Forward { upstream: to, len } = relay.on_query(now, guest, query, &mut out)
+//! else { panic!() };
+//! assert_eq!((to, &out[2..len]), (upstream, &query[2..]));
+//! // The server echoes the question with QR set; the guest gets its own id back.
+//! let mut answer = out[..len].to_vec();
+//! answer[2] |= 0x80;
+//! let mut back = [0u8; 65_535];
+//! let AnswerAction::Deliver { client, len } = relay.on_answer(now, upstream, &answer, &mut back)
+//! else { panic!() };
+//! assert_eq!((client, &back[..2]), (guest, &[0x12, 0x34][..]));
+//! assert_eq!(relay.pending(), 0);
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

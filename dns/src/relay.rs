@@ -46,6 +46,9 @@
 //! ≤ [`MAX_TRIES_LIMIT`]. A full table drops new queries
 //! ([`DropReason::TableFull`]); it never evicts older ones.
 //!
+//! **Opcodes.** Any opcode is relayed (QDCOUNT must be 1); local names are
+//! answered only for standard queries in class IN (or ANY).
+//!
 //! **Not handled.** Identical retransmissions from the guest are forwarded
 //! again as separate queries (the guest takes the first answer). DNS over
 //! TCP is the engine's TCP proxy's business, not this relay's.
@@ -489,7 +492,9 @@ impl<C: Copy> Relay<C> {
     /// Handles an upstream answer (a UDP payload) from `from`. On a match the
     /// answer with the guest's original id is written into `out` and the
     /// client returned; late, unknown or mismatched answers are
-    /// [`AnswerAction::Unmatched`].
+    /// [`AnswerAction::Unmatched`]. `out` should hold 65 535 bytes, the
+    /// largest UDP payload; a smaller one may give
+    /// [`UnmatchedReason::OutTooSmall`].
     pub fn on_answer(
         &mut self,
         now: Instant,
