@@ -374,13 +374,15 @@ fn write_entry(out: &mut String, rule: &Rule, default_guest: Option<IpAddr>) {
 }
 
 /// The reply to `list_hostfwd`: `{"return":{"entries":[...]},"entries":[...]}`
-/// (both shapes, see the module doc), entries in the order given.
+/// (both shapes, see the module doc), entries sorted by id.
 ///
 /// A rule without a guest address shows `default_guest`, or `""` when that is
 /// `None` too.
 pub fn reply_list(rules: &[Rule], default_guest: Option<IpAddr>) -> Vec<u8> {
+    let mut sorted: Vec<&Rule> = rules.iter().collect();
+    sorted.sort_by_key(|r| r.id);
     let mut entries = String::from("[");
-    for (i, rule) in rules.iter().enumerate() {
+    for (i, rule) in sorted.into_iter().enumerate() {
         if i > 0 {
             entries.push(',');
         }
@@ -933,6 +935,13 @@ mod tests {
         assert_eq!(
             String::from_utf8(reply_list(&rules(), Some(ip("10.0.2.100")))).unwrap(),
             want
+        );
+        let mut reversed = rules();
+        reversed.reverse();
+        assert_eq!(
+            String::from_utf8(reply_list(&reversed, Some(ip("10.0.2.100")))).unwrap(),
+            want,
+            "sorted by id"
         );
         let no_default = String::from_utf8(reply_list(&rules()[..1], None)).unwrap();
         assert!(no_default.contains(r#""guest_addr":"","#), "{no_default}");

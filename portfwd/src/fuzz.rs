@@ -168,7 +168,50 @@ mod tests {
         }
     }
 
+    /// JSON values of the kinds the API meets, valid and not.
+    fn arb_json() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("{}".to_owned()),
+            Just("[]".to_owned()),
+            Just(r#""""#.to_owned()),
+            Just(r#""tcp""#.to_owned()),
+            Just(r#""udp""#.to_owned()),
+            "-?[0-9]{1,6}(\\.[0-9]{1,2})?(e[0-9])?",
+            "\"(10\\.0\\.2\\.[0-9]{1,3}|::[0-9a-f]{0,4}|0\\.0\\.0\\.0|[a-z]{0,5})\"",
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn api_target_on_request_like_json(
+            exec in prop_oneof![
+                Just(r#""add_hostfwd""#), Just(r#""list_hostfwd""#),
+                Just(r#""remove_hostfwd""#), Just(r#""stats""#), Just(r#""x""#), Just("1"),
+            ],
+            v in proptest::collection::vec(arb_json(), 6),
+        ) {
+            let req = format!(
+                r#"{{"execute":{exec},"arguments":{{"proto":{},"host_addr":{},"host_port":{},"guest_addr":{},"guest_port":{},"id":{}}}}}"#,
+                v[0], v[1], v[2], v[3], v[4], v[5]
+            );
+            api_request(req.as_bytes());
+        }
+
+        #[test]
+        fn api_target_on_reply_like_json(v in proptest::collection::vec(arb_json(), 7)) {
+            let entry = format!(
+                r#"{{"id":{},"proto":{},"host_addr":{},"host_port":{},"guest_addr":{},"guest_port":{},"name":{}}}"#,
+                v[0], v[1], v[2], v[3], v[4], v[5], v[6]
+            );
+            api_request(format!(r#"{{"entries":[{entry}]}}"#).as_bytes());
+            api_request(format!(r#"{{"return":{{"entries":[{entry}]}}}}"#).as_bytes());
+            api_request(format!(r#"{{"return":{{"id":{}}}}}"#, v[0]).as_bytes());
+            api_request(format!(r#"{{"return":{{"id":{},"x":{}}}}}"#, v[0], v[1]).as_bytes());
+            api_request(format!(r#"{{"error":{{"desc":{}}}}}"#, v[2]).as_bytes());
+        }
+
         #[test]
         fn rule_target_never_panics(b in proptest::collection::vec(any::<u8>(), 0..64)) {
             rule(&b);

@@ -41,6 +41,10 @@ pub mod fuzz;
 pub mod rule;
 pub mod table;
 
+/// The JSON crate of [`api::reply_stats`] and [`api::Reply::Stats`], re-exported so
+/// callers build those values with the same version.
+pub use serde_json;
+
 pub use api::{ApiError, Reply, Request, RequestReader};
 pub use rule::{Proto, RuleError, RuleSpec, parse_natpf, parse_publish};
 pub use table::{Rule, Table, TableError};

@@ -619,6 +619,10 @@ mod tests {
         assert_eq!((r.host_port, r.guest_port), (2222, 22));
         let r = one("2222:[fd00::15]:22");
         assert_eq!(r.guest_addr, Some(ip("fd00::15")));
+        let v = parse_publish("8080-8081:10.0.2.15:80-81/udp").unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].guest_addr, Some(ip("10.0.2.15")));
+        assert_eq!((v[1].host_port, v[1].guest_port), (8081, 81));
         // An empty guest address is the default guest.
         assert_eq!(one("8080::80"), RuleSpec::new(Proto::Tcp, 8080, 80));
     }
