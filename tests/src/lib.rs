@@ -70,11 +70,7 @@ pub fn require_root() {
 /// Returns the full path of `tool` on PATH or fails the test naming it.
 pub fn require_tool(tool: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path).chain(
-        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-            .iter()
-            .map(PathBuf::from),
-    ) {
+    for dir in std::env::split_paths(&path) {
         let p = dir.join(tool);
         if p.is_file() {
             return p;
@@ -612,6 +608,9 @@ pub struct EngineOpts {
     pub as_nobody: bool,
     /// Tap name (default tap0).
     pub tap: Option<String>,
+    /// The positional target instead of the guest's PID (e.g. a netns path with
+    /// `--netns-type=path`).
+    pub target: Option<String>,
 }
 
 impl EngineOpts {
@@ -691,13 +690,28 @@ impl Engine {
     /// Starts the engine in `host` for `guest` and waits (≤ [`READY_TIMEOUT`]) for "1"
     /// on the ready fd.
     pub fn start(host: &HostNs, guest: &Guest, opts: &EngineOpts) -> Engine {
-        let e = Engine::spawn(host, guest, opts, true);
-        e.expect_ready()
+        Engine::start_with(&engine_bin(), host, guest, opts)
+    }
+
+    /// Like [`Engine::start`] with another engine binary (e.g. the reference
+    /// slirp4netns, for side-by-side figures).
+    pub fn start_with(bin: &Path, host: &HostNs, guest: &Guest, opts: &EngineOpts) -> Engine {
+        Engine::spawn_with(bin, host, guest, opts, true).expect_ready()
     }
 
     /// Spawns without waiting; `ready` says whether to pass `-r`.
     pub fn spawn(host: &HostNs, guest: &Guest, opts: &EngineOpts, ready: bool) -> EngineStarting {
-        let bin = engine_bin();
+        Engine::spawn_with(&engine_bin(), host, guest, opts, ready)
+    }
+
+    /// [`Engine::spawn`] with an explicit binary.
+    pub fn spawn_with(
+        bin: &Path,
+        host: &HostNs,
+        guest: &Guest,
+        opts: &EngineOpts,
+        ready: bool,
+    ) -> EngineStarting {
         let mut args: Vec<String> = opts.args.clone();
         let (rr, rw) = pipe();
         let (er, ew) = pipe();
@@ -710,7 +724,7 @@ impl Engine {
             args.push(format!("--exit-fd={EXIT_FD}"));
             fds.push((er.as_raw_fd(), EXIT_FD));
         }
-        args.push(guest.pid.to_string());
+        args.push(opts.target.clone().unwrap_or_else(|| guest.pid.to_string()));
         args.push(opts.tap.clone().unwrap_or_else(|| "tap0".into()));
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &host.name]);
@@ -726,7 +740,7 @@ impl Engine {
                 "sh",
             ]);
         }
-        c.arg(&bin).args(&args);
+        c.arg(bin).args(&args);
         let id = unique_id();
         let stderr_path = host.dir.join(format!("engine-{id}.stderr"));
         let errf = File::create(&stderr_path).expect("create stderr file");

@@ -195,6 +195,7 @@ fn engine_survives_garbage_and_is_alive() {
 #[test]
 fn tap_deleted_engine_exits_without_spinning() {
     let mut s = Setup::configured(&[]);
+    let said_before = s.engine.stderr().len();
     let cpu0 = s.engine.cpu_seconds().unwrap_or(0.0);
     s.guest.sh_ok("ip link del tap0");
     let start = Instant::now();
@@ -220,9 +221,11 @@ fn tap_deleted_engine_exits_without_spinning() {
         used < 1.0,
         "engine used {used:.2} s CPU after tap0 was deleted"
     );
+    let said = s.engine.stderr();
     assert!(
-        !s.engine.stderr().trim().is_empty(),
-        "engine should say why it exited"
+        said.get(said_before..)
+            .is_some_and(|t| !t.trim().is_empty()),
+        "engine should say why it exited; its output: {said}"
     );
 }
 
@@ -266,9 +269,76 @@ fn exit_fd_closed_makes_engine_exit() {
     std::thread::sleep(Duration::from_millis(500));
     s.engine.assert_alive("while its exit fd is still open");
     drop(s.engine.exit_w.take());
-    let st = s.engine.wait_timeout(Duration::from_secs(5));
+    let st = s
+        .engine
+        .wait_timeout(Duration::from_secs(5))
+        .expect("engine still running 5 s after its exit fd was closed");
     assert!(
-        st.is_some(),
-        "engine still running 5 s after its exit fd was closed"
+        st.success(),
+        "exit through the exit fd should be clean: {st}"
     );
+}
+
+/// usernet-only (issue 3: "exit cleanly when it becomes readable or its other end is
+/// closed"): slirp4netns 1.2.0 ignores a readable exit fd and only reacts to the hang-up.
+#[test]
+fn exit_fd_readable_makes_engine_exit() {
+    let opts = EngineOpts {
+        exit_fd: true,
+        ..EngineOpts::configure(&[])
+    };
+    let mut s = Setup::with(Owner::Root, &opts);
+    let w = s.engine.exit_w.take().expect("exit fd");
+    let mut f = std::fs::File::from(w);
+    std::io::Write::write_all(&mut f, b"x").expect("write exit fd");
+    let st = s
+        .engine
+        .wait_timeout(Duration::from_secs(5))
+        .expect("engine still running 5 s after its exit fd became readable");
+    assert!(
+        st.success(),
+        "exit through the exit fd should be clean: {st}"
+    );
+    drop(f);
+}
+
+/// The guest takes tap0 down and up again: the engine carries on.
+#[test]
+fn interface_down_up_engine_carries_on() {
+    let mut s = Setup::configured(&[]);
+    let srv = s.host.tcp_server("198.51.100.1:0", echo_handler);
+    s.echo_roundtrip(outside(srv.port()), 60, 10_000);
+    s.guest.sh_ok("ip link set tap0 down");
+    // frames sent while down fail in the engine; it must keep going.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.engine.assert_alive("while tap0 was down");
+    s.guest
+        .sh_ok("ip link set tap0 up && ip route replace default via 10.0.2.2 dev tap0");
+    std::thread::sleep(Duration::from_millis(300));
+    s.engine.assert_alive("after tap0 came back up");
+    s.echo_roundtrip(outside(srv.port()), 61, 100_000);
+}
+
+/// podman's shape: `--netns-type=path` with the namespace's path and `--userns-path`.
+#[test]
+fn netns_type_path() {
+    let host = HostNs::new();
+    let guest = Guest::new(Owner::Root);
+    let opts = EngineOpts {
+        target: Some(format!("/proc/{}/ns/net", guest.pid)),
+        ..EngineOpts::configure(&[
+            "--netns-type=path",
+            &format!("--userns-path=/proc/{}/ns/user", guest.pid),
+        ])
+    };
+    let engine = Engine::start(&host, &guest, &opts);
+    let s = Setup {
+        engine,
+        guest,
+        host,
+    };
+    let addr = s.guest.sh_ok("ip -o -4 addr show dev tap0");
+    assert!(addr.contains("inet 10.0.2.100/24"), "tap0: {addr}");
+    let srv = s.host.tcp_server("127.0.0.1:0", echo_handler);
+    s.echo_roundtrip(SocketAddr::from((GATEWAY, srv.port())), 62, 100_000);
 }
