@@ -344,6 +344,45 @@ fn dhclient_full_exchange_with_every_option() {
 }
 
 #[test]
+fn dhclient_init_reboot() {
+    let mut cfg = slirp();
+    cfg.pool_start = ip(30);
+    // Bound to .30 already: the reboot check is acknowledged.
+    let mut h = H::new(cfg.clone());
+    h.reply(0, DHCLIENT_MAC, &DHCLIENT_DISCOVER);
+    h.reply(1, DHCLIENT_MAC, &DHCLIENT_REQUEST);
+    let g = h.reply(2, DHCLIENT_MAC, &DHCLIENT_INIT_REBOOT);
+    assert_eq!(
+        (g.reply.message_type, g.msg.yiaddr()),
+        (MessageType::Ack, ip(30))
+    );
+    assert_eq!((g.reply.dst_ip, g.reply.dst_mac), (ip(30), DHCLIENT_MAC));
+    // No record (usernet restarted) and .30 free: acknowledged, authoritatively.
+    let mut h = H::new(cfg);
+    let g = h.reply(0, DHCLIENT_MAC, &DHCLIENT_INIT_REBOOT);
+    assert_eq!(
+        (g.reply.message_type, g.msg.yiaddr()),
+        (MessageType::Ack, ip(30))
+    );
+    assert_eq!(h.s.lease_for_mac(DHCLIENT_MAC), Some(ip(30)));
+    // Bound elsewhere: NAK, broadcast.
+    let mut h = H::new(slirp());
+    assert_eq!(h.bind(0, DHCLIENT_MAC), ip(15));
+    let g = h.reply(1, DHCLIENT_MAC, &DHCLIENT_INIT_REBOOT);
+    assert_eq!(
+        (g.reply.message_type, g.reply.dst_ip, g.reply.dst_mac),
+        (MessageType::Nak, Ipv4Addr::BROADCAST, BCAST)
+    );
+    // Someone else holds .30: NAK.
+    let mut cfg = slirp();
+    cfg.pool_start = ip(30);
+    let mut h = H::new(cfg);
+    assert_eq!(h.bind(0, MAC_A), ip(30));
+    let g = h.reply(1, DHCLIENT_MAC, &DHCLIENT_INIT_REBOOT);
+    assert_eq!(g.reply.message_type, MessageType::Nak);
+}
+
+#[test]
 fn request_for_address_not_offered_is_nak_broadcast() {
     let mut h = H::new(slirp());
     assert_eq!(
@@ -1026,6 +1065,7 @@ fn fuzz_target_replays_the_seed_corpus() {
         &UDHCPC_REQUEST,
         &DHCLIENT_DISCOVER,
         &DHCLIENT_REQUEST,
+        &DHCLIENT_INIT_REBOOT,
     ] {
         fuzz::dhcpv4(seed);
     }
@@ -1096,6 +1136,129 @@ proptest! {
         let mut h = H::new(slirp());
         for step in 0..4 {
             let _ = h.handle(step * 30, MAC_A, &m.bytes());
+        }
+    }
+}
+
+/// One step of a random conversation between up to eight clients and the server.
+#[derive(Clone, Debug)]
+enum Step {
+    Discover {
+        c: u8,
+        want: Option<u8>,
+        bcast: bool,
+    },
+    Select {
+        c: u8,
+        addr: u8,
+        ours: bool,
+    },
+    Reboot {
+        c: u8,
+        addr: u8,
+    },
+    Renew {
+        c: u8,
+        addr: u8,
+    },
+    Release {
+        c: u8,
+        addr: u8,
+    },
+    Decline {
+        c: u8,
+        addr: u8,
+    },
+    Inform {
+        c: u8,
+    },
+    Wait {
+        secs: u16,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let c = 0u8..8;
+    let addr = 12u8..28;
+    prop_oneof![
+        (c.clone(), proptest::option::of(addr.clone()), any::<bool>())
+            .prop_map(|(c, want, bcast)| Step::Discover { c, want, bcast }),
+        (c.clone(), addr.clone(), any::<bool>()).prop_map(|(c, addr, ours)| Step::Select {
+            c,
+            addr,
+            ours
+        }),
+        (c.clone(), addr.clone()).prop_map(|(c, addr)| Step::Reboot { c, addr }),
+        (c.clone(), addr.clone()).prop_map(|(c, addr)| Step::Renew { c, addr }),
+        (c.clone(), addr.clone()).prop_map(|(c, addr)| Step::Release { c, addr }),
+        (c.clone(), addr).prop_map(|(c, addr)| Step::Decline { c, addr }),
+        c.prop_map(|c| Step::Inform { c }),
+        (0u16..2000).prop_map(|secs| Step::Wait { secs }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever clients do, the table stays consistent, bounded, and faithful to the
+    /// pool, the exclusions and the reservation.
+    #[test]
+    fn random_conversations_keep_the_table_sound(steps in proptest::collection::vec(step(), 1..60)) {
+        let mut cfg = slirp();
+        cfg.pool_start = ip(15);
+        cfg.pool_end = ip(20);
+        cfg.excluded.push(ip(17));
+        cfg.lease_time = Duration::from_secs(600);
+        cfg.reservations = vec![([0x52, 0x54, 0, 0, 0, 7], ip(25))];
+        let mut h = H::new(cfg);
+        let mut t = 0u64;
+        for s in steps {
+            let m = |c: u8, mt| {
+                let m = msg(mt, [0x52, 0x54, 0, 0, 0, c]);
+                if c == 6 { m.opt(61, b"\x00client-six") } else { m }
+            };
+            let (c, bytes) = match s {
+                Step::Discover { c, want, bcast } => {
+                    let mut d = m(c, MessageType::Discover);
+                    if let Some(w) = want { d = d.requested(ip(w)); }
+                    if bcast { d = d.broadcast(); }
+                    (c, d.bytes())
+                }
+                Step::Select { c, addr, ours } => {
+                    (c, m(c, MessageType::Request).requested(ip(addr)).server_id(if ours { ip(2) } else { ip(1) }).bytes())
+                }
+                Step::Reboot { c, addr } => (c, m(c, MessageType::Request).requested(ip(addr)).bytes()),
+                Step::Renew { c, addr } => (c, m(c, MessageType::Request).ciaddr(ip(addr)).bytes()),
+                Step::Release { c, addr } => (c, m(c, MessageType::Release).ciaddr(ip(addr)).bytes()),
+                Step::Decline { c, addr } => (c, m(c, MessageType::Decline).requested(ip(addr)).bytes()),
+                Step::Inform { c } => (c, m(c, MessageType::Inform).ciaddr(ip(60)).bytes()),
+                Step::Wait { secs } => {
+                    t += u64::from(secs);
+                    h.s.expire(h.at(t));
+                    h.s.check_invariants().unwrap();
+                    continue;
+                }
+            };
+            let mac = [0x52, 0x54, 0, 0, 0, c];
+            if let Outcome::Reply(r) = h.handle(t, mac, &bytes) {
+                let g = v4::Message::decode(&mut Decoder::new(&h.out[..r.len])).unwrap();
+                let y = g.yiaddr();
+                if r.message_type == MessageType::Ack && !y.is_unspecified() {
+                    prop_assert_eq!(h.s.lease_for_mac(mac), Some(y));
+                }
+                if !y.is_unspecified() {
+                    prop_assert!((ip(15) <= y && y <= ip(20) && y != ip(17)) || (y == ip(25) && c == 7), "{y}");
+                }
+            }
+            let leases: Vec<LeaseInfo> = h.s.leases().collect();
+            prop_assert!(leases.len() <= 6);
+            for l in &leases {
+                prop_assert!(l.addr != ip(17));
+                prop_assert!(l.addr != ip(25) || l.mac[5] == 7);
+                let held = leases.iter().filter(|o| o.mac == l.mac && o.state != LeaseState::Declined).count();
+                prop_assert!(held <= 1, "{:?} holds {} addresses", l.mac, held);
+            }
+            prop_assert_eq!(h.s.poll_at(), leases.iter().map(|l| l.expires).min());
         }
     }
 }

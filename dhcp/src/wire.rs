@@ -318,3 +318,112 @@ impl<'b> Writer<'b> {
         self.len
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdata::{DHCLIENT_REQUEST, UDHCPC_DISCOVER};
+
+    #[test]
+    fn parses_real_udhcpc_discover() {
+        let r = Request::parse(&UDHCPC_DISCOVER).unwrap();
+        assert_eq!((r.op, r.htype, r.hlen), (BOOTREQUEST, 1, 6));
+        assert_eq!(r.message_type, Some(MessageType::Discover as u8));
+        assert_eq!(
+            r.ethernet_chaddr(),
+            Some([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(r.ciaddr, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(r.flags, 0);
+        assert_eq!(r.max_message_size, Some(576));
+        assert_eq!(
+            r.parameter_request_list,
+            Some(&[1, 3, 6, 12, 15, 28, 42][..])
+        );
+        assert_eq!(r.hostname, Some(&b"guest1"[..]));
+        assert_eq!(
+            r.client_id,
+            Some(&[1, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56][..])
+        );
+        assert_eq!((r.requested_ip, r.server_id), (None, None));
+    }
+
+    #[test]
+    fn parses_real_dhclient_request() {
+        let r = Request::parse(&DHCLIENT_REQUEST).unwrap();
+        assert_eq!(r.message_type, Some(MessageType::Request as u8));
+        assert_eq!(r.requested_ip, Some(Ipv4Addr::new(10, 0, 2, 30)));
+        assert_eq!(r.server_id, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert_eq!(r.client_id, None);
+        assert_eq!(r.hostname, Some(&b"vm"[..]));
+    }
+
+    #[test]
+    fn first_occurrence_wins_and_short_client_ids_are_dropped() {
+        let mut m = UDHCPC_DISCOVER[..240].to_vec();
+        m.extend_from_slice(&[
+            53, 1, 3, 53, 1, 1, 61, 1, 7, 50, 4, 1, 2, 3, 4, 50, 4, 5, 6, 7, 8, 255,
+        ]);
+        let r = Request::parse(&m).unwrap();
+        assert_eq!(r.message_type, Some(3));
+        assert_eq!(r.client_id, None);
+        assert_eq!(r.requested_ip, Some(Ipv4Addr::new(1, 2, 3, 4)));
+    }
+
+    fn header<'r, 'a>(req: &'r Request<'a>) -> ReplyHeader<'r, 'a> {
+        ReplyHeader {
+            request: req,
+            ciaddr: Ipv4Addr::UNSPECIFIED,
+            yiaddr: Ipv4Addr::new(10, 0, 2, 15),
+        }
+    }
+
+    #[test]
+    fn writer_splits_long_options_at_255_bytes() {
+        let req = Request::parse(&UDHCPC_DISCOVER).unwrap();
+        let mut out = [0u8; 1500];
+        let mut w = Writer::new(&mut out, 1500, &header(&req)).unwrap();
+        let data: Vec<u8> = (0..=255u8).chain(0..10).collect(); // 266 bytes
+        assert!(w.option(119, &data));
+        assert!(w.option(12, &[]));
+        let len = w.finish();
+        assert_eq!(&out[240..242], &[119, 255]);
+        assert_eq!(&out[242..497], &data[..255]);
+        assert_eq!(&out[497..499], &[119, 11]);
+        assert_eq!(&out[499..510], &data[255..]);
+        assert_eq!(&out[510..513], &[12, 0, 255]);
+        assert_eq!(len, 513);
+    }
+
+    #[test]
+    fn writer_never_passes_its_limit() {
+        let req = Request::parse(&UDHCPC_DISCOVER).unwrap();
+        let mut out = [0x55u8; 400];
+        assert!(Writer::new(&mut out, 299, &header(&req)).is_none());
+        assert!(Writer::new(&mut out[..299], 1500, &header(&req)).is_none());
+        let mut w = Writer::new(&mut out, 310, &header(&req)).unwrap();
+        // 240 + 2 + 66 = 308, plus END = 309: fits. Another byte would not.
+        assert!(!w.option(1, &[0; 68]));
+        assert!(w.option(1, &[0; 67]));
+        assert!(!w.option(2, &[]));
+        assert_eq!(w.finish(), 310);
+        assert!(
+            out[310..].iter().all(|&b| b == 0x55),
+            "nothing written past the limit"
+        );
+        assert_eq!(out[0], BOOTREPLY);
+        assert_eq!(&out[16..20], &[10, 0, 2, 15]);
+        assert_eq!(&out[28..44], &UDHCPC_DISCOVER[28..44]);
+    }
+
+    #[test]
+    fn short_replies_are_padded_to_300() {
+        let req = Request::parse(&UDHCPC_DISCOVER).unwrap();
+        let mut out = [0x55u8; 600];
+        let w = Writer::new(&mut out, 600, &header(&req)).unwrap();
+        assert_eq!(w.finish(), MIN_MESSAGE_LEN);
+        assert_eq!(out[240], opt::END);
+        assert!(out[241..300].iter().all(|&b| b == 0));
+        assert_eq!(out[300], 0x55);
+    }
+}
