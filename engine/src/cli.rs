@@ -1,0 +1,413 @@
+//! The command line: slirp4netns's options with the same names and meaning, and
+//! `usernet run`. Every bad value gets a sentence naming it and what is expected.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, ValueEnum};
+
+use crate::config::{Config, MAX_MTU, MIN_MTU};
+use crate::router::dns::Upstreams;
+
+/// Options of the virtual network, shared by every mode.
+#[derive(Args, Debug, Clone)]
+pub struct NetArgs {
+    /// MTU of the guest interface (68-65521)
+    #[arg(short = 'm', long, value_name = "MTU", default_value_t = 1500, value_parser = parse_mtu)]
+    pub mtu: u32,
+    /// Virtual network in CIDR notation; gateway is .2, DNS .3, guest .100
+    #[arg(long, value_name = "CIDR", default_value = "10.0.2.0/24", value_parser = parse_cidr)]
+    pub cidr: Cidr,
+    /// Refuse guest connections to the host's loopback (through the gateway address)
+    #[arg(long = "disable-host-loopback", visible_alias = "no-host-loopback")]
+    pub disable_host_loopback: bool,
+    /// Turn off the DNS address (network + 3)
+    #[arg(long = "disable-dns")]
+    pub disable_dns: bool,
+    /// Upstream DNS server instead of /etc/resolv.conf's (repeatable; IP or IP:PORT)
+    #[arg(long = "dns-upstream", value_name = "ADDR", value_parser = parse_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Name the DNS relay answers with the gateway's address (repeatable; default host.usernet.internal)
+    #[arg(long = "host-name", value_name = "NAME")]
+    pub host_name: Vec<String>,
+    /// Bind outbound IPv4 connections to this address or interface
+    #[arg(long = "outbound-addr", value_name = "IPv4|IFACE")]
+    pub outbound_addr: Option<String>,
+    /// Bind outbound IPv6 connections to this address or interface
+    #[arg(long = "outbound-addr6", value_name = "IPv6|IFACE")]
+    pub outbound_addr6: Option<String>,
+    /// MAC address of the guest interface (with --configure)
+    #[arg(long = "macaddress", value_name = "MAC", value_parser = parse_mac)]
+    pub macaddress: Option<Mac>,
+    /// Write the PID to this file
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+    /// Log to this file instead of standard error
+    #[arg(long = "log-file", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Log every flow and every dropped frame (debug level)
+    #[arg(long)]
+    pub debug: bool,
+
+    // slirp4netns options that are not implemented yet: rejected with a clear error,
+    // and hidden from --help (podman and rootlesskit probe --help for features).
+    #[arg(short = '6', long = "enable-ipv6", hide = true)]
+    pub enable_ipv6: bool,
+    #[arg(short = 'a', long = "api-socket", hide = true, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    #[arg(long = "enable-sandbox", visible_alias = "create-sandbox", hide = true)]
+    pub enable_sandbox: bool,
+    #[arg(long = "enable-seccomp", hide = true)]
+    pub enable_seccomp: bool,
+}
+
+/// `usernet [OPTIONS] PID|PATH|FD [TAPNAME]`: slirp4netns's interface.
+#[derive(Parser, Debug)]
+#[command(
+    name = "usernet",
+    version,
+    about = "User-mode networking for network namespaces and VMs (a drop-in for slirp4netns).",
+    long_about = None,
+    disable_version_flag = true,
+    after_help = "Other commands:\n  usernet run [OPTIONS] [-- COMMAND [ARG...]]   run COMMAND in a new networked namespace\n\nExamples:\n  usernet --configure --mtu=65520 $(pidof my-container-init) tap0\n  usernet run -- curl http://10.0.2.2:8080/"
+)]
+pub struct NsCli {
+    /// Bring up the TAP interface (address network+100, default route, MTU) and lo
+    #[arg(short = 'c', long)]
+    pub configure: bool,
+    /// Exit when this file descriptor becomes readable or is closed
+    #[arg(short = 'e', long = "exit-fd", value_name = "FD")]
+    pub exit_fd: Option<i32>,
+    /// Write "1" to this file descriptor and close it once ready
+    #[arg(short = 'r', long = "ready-fd", value_name = "FD")]
+    pub ready_fd: Option<i32>,
+    /// How the positional argument is interpreted
+    #[arg(
+        long = "netns-type",
+        value_enum,
+        default_value = "pid",
+        value_name = "TYPE"
+    )]
+    pub netns_type: NetnsTypeArg,
+    /// User namespace to join (for --netns-type=path)
+    #[arg(long = "userns-path", value_name = "PATH")]
+    pub userns_path: Option<PathBuf>,
+    /// Only "netns" is supported
+    #[arg(
+        long = "target-type",
+        value_name = "TYPE",
+        default_value = "netns",
+        hide = true
+    )]
+    pub target_type: String,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// Print the version
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    pub version: Option<bool>,
+    /// PID, network namespace path, or TAP fd (per --netns-type)
+    #[arg(value_name = "PID|PATH|FD")]
+    pub target: String,
+    /// Name of the TAP device
+    #[arg(value_name = "TAPNAME", default_value = "tap0")]
+    pub tap_name: String,
+}
+
+/// `usernet run [OPTIONS] [-- COMMAND [ARG...]]`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "usernet run",
+    about = "Run COMMAND (default: your shell) in a new user and network namespace with a working network: \
+             tap0 is 10.0.2.100/24, the gateway 10.0.2.2 stands for the host, DNS is 10.0.2.3.",
+    disable_version_flag = true
+)]
+pub struct RunCli {
+    /// Name of the TAP device in the new namespace
+    #[arg(long = "tap-name", default_value = "tap0", value_name = "NAME")]
+    pub tap_name: String,
+    #[command(flatten)]
+    pub net: NetArgs,
+    /// The command and its arguments
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// `--netns-type` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NetnsTypeArg {
+    /// The argument is a PID
+    Pid,
+    /// The argument is a path to a network namespace
+    Path,
+    /// The argument is an open TAP file descriptor
+    Tapfd,
+}
+
+/// A parsed `--cidr`.
+#[derive(Clone, Copy, Debug)]
+pub struct Cidr {
+    /// Network address.
+    pub network: Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+}
+
+/// A parsed MAC address.
+#[derive(Clone, Copy, Debug)]
+pub struct Mac(pub [u8; 6]);
+
+fn parse_mtu(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("MTU \"{s}\" is not a number (expected {MIN_MTU}-{MAX_MTU})"))?;
+    if !(MIN_MTU..=MAX_MTU).contains(&v) {
+        return Err(format!(
+            "MTU {v} is out of range (expected {MIN_MTU}-{MAX_MTU})"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        format!("network \"{s}\" is not in CIDR notation (expected e.g. 10.0.2.0/24)")
+    })?;
+    let addr: Ipv4Addr = a.parse().map_err(|_| {
+        format!("network \"{s}\": \"{a}\" is not an IPv4 address (expected e.g. 10.0.2.0/24)")
+    })?;
+    let prefix_len: u8 = p.parse().map_err(|_| {
+        format!("network \"{s}\": prefix length \"{p}\" is not a number (expected 1-25)")
+    })?;
+    if !(1..=25).contains(&prefix_len) {
+        return Err(format!(
+            "network \"{s}\": prefix length {prefix_len} is out of range (expected 1-25: the guest address is network + 100)"
+        ));
+    }
+    let mask = u32::MAX << (32 - u32::from(prefix_len));
+    let network = Ipv4Addr::from(u32::from(addr) & mask);
+    if network != addr {
+        return Err(format!(
+            "network \"{s}\" has host bits set (did you mean {network}/{prefix_len}?)"
+        ));
+    }
+    Ok(Cidr {
+        network,
+        prefix_len,
+    })
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || {
+        format!("MAC address \"{s}\" is not valid (expected six hex bytes like 02:11:22:33:44:55)")
+    };
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() || p.len() > 2 {
+            return Err(bad());
+        }
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if m[0] & 1 == 1 {
+        return Err(format!(
+            "MAC address \"{s}\" is a multicast address (expected a unicast one, e.g. 02:11:22:33:44:55)"
+        ));
+    }
+    if m == [0; 6] {
+        return Err(format!(
+            "MAC address \"{s}\" is all zeros (expected a unicast address)"
+        ));
+    }
+    Ok(Mac(m))
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("DNS upstream \"{s}\" is not an IP address or IP:PORT"))
+}
+
+/// An error in an option's value that clap could not see on its own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn resolve_outbound(s: &str, v6: bool) -> Result<IpAddr, CliError> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        if ip.is_ipv6() != v6 {
+            let want = if v6 { "an IPv6" } else { "an IPv4" };
+            let opt = if v6 {
+                "--outbound-addr6"
+            } else {
+                "--outbound-addr"
+            };
+            return Err(CliError(format!("{opt} \"{s}\" is not {want} address")));
+        }
+        return Ok(ip);
+    }
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| {
+        CliError(format!(
+            "cannot list network interfaces to resolve \"{s}\": {e}"
+        ))
+    })?;
+    for a in addrs {
+        if a.interface_name != s {
+            continue;
+        }
+        let Some(addr) = a.address else { continue };
+        if let (false, Some(sin)) = (v6, addr.as_sockaddr_in()) {
+            return Ok(IpAddr::V4(sin.ip()));
+        }
+        if let (true, Some(sin6)) = (v6, addr.as_sockaddr_in6()) {
+            return Ok(IpAddr::V6(sin6.ip()));
+        }
+    }
+    let fam = if v6 { "IPv6" } else { "IPv4" };
+    Err(CliError(format!(
+        "outbound address \"{s}\" is neither an {fam} address nor the name of an interface with one"
+    )))
+}
+
+impl NetArgs {
+    /// Reject options this build does not implement yet.
+    pub fn check_supported(&self) -> Result<(), CliError> {
+        let unsupported = [
+            (self.enable_ipv6, "--enable-ipv6"),
+            (self.api_socket.is_some(), "--api-socket"),
+            (self.enable_sandbox, "--enable-sandbox"),
+            (self.enable_seccomp, "--enable-seccomp"),
+        ];
+        for (set, name) in unsupported {
+            if set {
+                return Err(CliError(format!(
+                    "option {name} is not supported by this version of usernet yet (see usernet --help for what is)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine configuration these options describe.
+    pub fn to_config(&self) -> Result<Config, CliError> {
+        self.check_supported()?;
+        let mut cfg = Config::new(self.cidr.network, self.cidr.prefix_len);
+        cfg.mtu = self.mtu;
+        cfg.disable_host_loopback = self.disable_host_loopback;
+        cfg.enable_dns = !self.disable_dns;
+        if let Some(s) = &self.outbound_addr {
+            match resolve_outbound(s, false)? {
+                IpAddr::V4(a) => cfg.outbound_addr = Some(a),
+                IpAddr::V6(_) => {
+                    return Err(CliError(format!(
+                        "--outbound-addr \"{s}\" is not an IPv4 address"
+                    )));
+                }
+            }
+        }
+        if let Some(s) = &self.outbound_addr6 {
+            cfg.outbound_addr6 = Some(resolve_outbound(s, true)?);
+        }
+        if !self.dns_upstream.is_empty() {
+            cfg.dns_options.upstreams = Upstreams::Fixed(self.dns_upstream.clone());
+        }
+        if !self.host_name.is_empty() {
+            for n in &self.host_name {
+                if n.is_empty()
+                    || n.len() > 253
+                    || n.split('.').any(|l| l.is_empty() || l.len() > 63)
+                {
+                    return Err(CliError(format!(
+                        "host name \"{n}\" is not a valid DNS name (expected dot-separated labels of 1-63 characters)"
+                    )));
+                }
+            }
+            cfg.dns_options.local_names = self.host_name.clone();
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_bounds() {
+        assert!(parse_mtu("68").is_ok());
+        assert!(parse_mtu("65521").is_ok());
+        assert!(parse_mtu("67").unwrap_err().contains("67"));
+        assert!(parse_mtu("70000").unwrap_err().contains("70000"));
+        assert!(parse_mtu("x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn cidr() {
+        let c = parse_cidr("10.0.3.0/24").unwrap();
+        assert_eq!(c.network, Ipv4Addr::new(10, 0, 3, 0));
+        assert!(parse_cidr("bogus").unwrap_err().contains("bogus"));
+        assert!(parse_cidr("10.0.2.0/26").unwrap_err().contains("26"));
+        assert!(parse_cidr("10.0.2.1/24").unwrap_err().contains("host bits"));
+    }
+
+    #[test]
+    fn mac() {
+        assert_eq!(
+            parse_mac("02:11:22:33:44:55").unwrap().0,
+            [2, 0x11, 0x22, 0x33, 0x44, 0x55]
+        );
+        assert!(parse_mac("01:11:22:33:44:55").is_err());
+        assert!(parse_mac("02:11:22:33:44").is_err());
+        assert!(parse_mac("zz:11:22:33:44:55").is_err());
+    }
+
+    #[test]
+    fn slirp4netns_command_lines_parse() {
+        // podman's and rootlesskit's exact shapes (reference/compat.md §2.6).
+        let p = NsCli::try_parse_from([
+            "usernet",
+            "--disable-host-loopback",
+            "--mtu=65520",
+            "-c",
+            "-e",
+            "3",
+            "-r",
+            "4",
+            "--netns-type=path",
+            "/run/user/1000/netns/x",
+            "tap0",
+        ])
+        .unwrap();
+        assert!(p.configure && p.net.disable_host_loopback);
+        assert_eq!(p.net.mtu, 65520);
+        assert_eq!((p.exit_fd, p.ready_fd), (Some(3), Some(4)));
+        let r = NsCli::try_parse_from(["usernet", "--mtu", "65520", "-r", "3", "1234", "tap0"])
+            .unwrap();
+        assert_eq!(r.target, "1234");
+        assert!(NsCli::try_parse_from(["usernet", "--netns-type=foo", "1"]).is_err());
+        let e = NsCli::try_parse_from(["usernet", "--api-socket", "/x", "1"]).unwrap();
+        assert!(e.net.to_config().is_err());
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        NsCli::command().debug_assert();
+        RunCli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_command_line() {
+        let r = RunCli::try_parse_from(["usernet run", "--mtu=9000", "--", "sh", "-c", "exit 3"])
+            .unwrap();
+        assert_eq!(r.net.mtu, 9000);
+        assert_eq!(r.command.len(), 3);
+    }
+}

@@ -1,0 +1,142 @@
+//! The engine's configuration: the virtual network, its services, and every cap.
+//!
+//! Built from the command line by `cli`, validated there; the data path only reads it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// Our MAC address toward the guest (gateway and DNS share it), as libslirp's 52:55:0a:00:02:02.
+pub const GATEWAY_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
+
+/// Default MTU, as slirp4netns.
+pub const DEFAULT_MTU: u32 = 1500;
+/// Smallest MTU accepted (IPv4 minimum).
+pub const MIN_MTU: u32 = 68;
+/// Largest MTU accepted, as slirp4netns (65521 = 65535 minus Ethernet header and the stream prefix).
+pub const MAX_MTU: u32 = 65521;
+
+/// Caps on every table the guest can grow. Each is a bound on memory or file descriptors.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Guest TCP flows at once (each holds two buffers of `tcp_buffer` bytes and one host fd).
+    pub max_tcp_flows: usize,
+    /// TCP flows waiting for the host's `connect()`. When full, new SYNs are dropped
+    /// without reply and the guest's retransmission retries them: a burst is delayed, never refused.
+    pub max_half_open: usize,
+    /// Bytes of each smoltcp ring (receive and transmit) per TCP flow.
+    pub tcp_buffer: usize,
+    /// UDP mappings (one host socket each); when full the least recently used is evicted.
+    pub max_udp_mappings: usize,
+    /// ICMP echo mappings.
+    pub max_icmp_mappings: usize,
+    /// IPv4 datagrams in reassembly at once; when full the oldest is evicted.
+    pub max_reassembly: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_tcp_flows: 16384,
+            max_half_open: 1024,
+            tcp_buffer: 256 * 1024,
+            max_udp_mappings: 4096,
+            max_icmp_mappings: 1024,
+            max_reassembly: 64,
+        }
+    }
+}
+
+/// How long a guest TCP connection may take to be accepted by the host before the guest gets a reset.
+pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
+/// Idle time after which an established TCP flow with no traffic either way is reset (as libslirp/passt: 2 h).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(7200);
+/// Idle time after which a UDP mapping is closed (passt `UDP_CONN_TIMEOUT`).
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Idle time after which an ICMP echo mapping is closed (passt `ICMP_ECHO_TIMEOUT`).
+pub const ICMP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time a datagram may spend in reassembly (Linux `ipfrag_time`).
+pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames read from the guest port per event-loop turn before other sources get their turn.
+pub const PORT_RX_BATCH: usize = 256;
+/// Bytes the queue of frames toward the guest may hold (with a floor of [`TX_QUEUE_MIN_FRAMES`] frames).
+pub const TX_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Minimum frames in the queue toward the guest, whatever the MTU.
+pub const TX_QUEUE_MIN_FRAMES: usize = 64;
+
+/// The whole configuration of one engine.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Network address of the virtual IPv4 network (10.0.2.0).
+    pub network: Ipv4Addr,
+    /// Its prefix length (24).
+    pub prefix_len: u8,
+    /// Gateway, and the host's alias (network + 2).
+    pub gateway: Ipv4Addr,
+    /// DNS relay address (network + 3).
+    pub dns: Ipv4Addr,
+    /// The guest's configured address (network + 100), used with `--configure` and as the default forward target.
+    pub guest: Ipv4Addr,
+    /// IP MTU of the guest link.
+    pub mtu: u32,
+    /// Refuse every guest flow to the host's loopback.
+    pub disable_host_loopback: bool,
+    /// Answer DNS on `dns`.
+    pub enable_dns: bool,
+    /// Source address for outbound IPv4 sockets.
+    pub outbound_addr: Option<Ipv4Addr>,
+    /// Source address for outbound IPv6 sockets.
+    pub outbound_addr6: Option<IpAddr>,
+    /// Verify checksums of guest frames (IPv4 header, TCP, UDP, ICMP).
+    pub verify_checksums: bool,
+    /// Table caps.
+    pub limits: Limits,
+    /// DNS relay options.
+    pub dns_options: crate::router::dns::DnsOptions,
+}
+
+impl Config {
+    /// The slirp4netns defaults for `network/prefix_len`.
+    pub fn new(network: Ipv4Addr, prefix_len: u8) -> Config {
+        let base = u32::from(network);
+        Config {
+            network,
+            prefix_len,
+            gateway: Ipv4Addr::from(base + 2),
+            dns: Ipv4Addr::from(base + 3),
+            guest: Ipv4Addr::from(base + 100),
+            mtu: DEFAULT_MTU,
+            disable_host_loopback: false,
+            enable_dns: true,
+            outbound_addr: None,
+            outbound_addr6: None,
+            verify_checksums: true,
+            limits: Limits::default(),
+            dns_options: Default::default(),
+        }
+    }
+
+    /// The subnet mask as an integer.
+    pub fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix_len))
+        }
+    }
+
+    /// Whether `a` lies in the virtual network.
+    pub fn in_subnet(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.network)
+    }
+
+    /// The subnet's broadcast address.
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !self.mask())
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::new(Ipv4Addr::new(10, 0, 2, 0), 24)
+    }
+}

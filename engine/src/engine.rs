@@ -1,0 +1,275 @@
+//! The event loop: one thread owns the port, the router, every host socket and timer.
+//!
+//! Each turn: wait for readiness (or the earliest deadline), note which sources are
+//! ready, read a bounded batch of guest frames through the router, poll every touched
+//! flow once, run due timers, and write queued frames to the port until it would block.
+//! When the queue drains, flows and readers that waited for room resume.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::config::{Config, PORT_RX_BATCH};
+use crate::port::Port;
+use crate::router::{Owner, Router};
+use crate::stats::{DropReason, Stats};
+
+const PORT: Token = Token(0);
+const SIGNAL: Token = Token(1);
+const EXIT_FD: Token = Token(2);
+const CHILD: Token = Token(3);
+
+/// Why the loop ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGTERM, SIGINT or SIGHUP.
+    Signal(i32),
+    /// The exit fd became readable or was closed.
+    ExitFd,
+    /// The child of `usernet run` exited with this code.
+    Child(i32),
+}
+
+/// Errors that end the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The port failed for good.
+    #[error("the guest's interface went away ({0}); exiting")]
+    PortGone(io::Error),
+    /// Setup failed.
+    #[error("{what}: {source}")]
+    Setup {
+        /// What was being set up.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+fn setup(what: &str) -> impl FnOnce(io::Error) -> EngineError + '_ {
+    move |source| EngineError::Setup {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// What else the loop watches besides the port.
+#[derive(Default)]
+pub struct LoopOptions {
+    /// Exit when this fd becomes readable or its other end closes.
+    pub exit_fd: Option<OwnedFd>,
+    /// Write "1" to it and close it once the engine is ready.
+    pub ready_fd: Option<OwnedFd>,
+    /// `usernet run`: the child's pid and a pidfd that becomes readable when it exits.
+    pub child: Option<(nix::unistd::Pid, OwnedFd)>,
+}
+
+/// Run the engine until a signal, the exit fd, the child's exit, or a fatal port error.
+pub fn run(
+    cfg: Config,
+    mut port: Box<dyn Port>,
+    guest_mac: Option<[u8; 6]>,
+    stats: Arc<Stats>,
+    mut opts: LoopOptions,
+) -> Result<Exit, EngineError> {
+    let mut poll = Poll::new().map_err(setup("cannot create the event loop"))?;
+    let registry = poll
+        .registry()
+        .try_clone()
+        .map_err(setup("cannot create the event loop"))?;
+    let now = Instant::now();
+    let mut router = Router::new(cfg, stats.clone(), registry, guest_mac, now)
+        .map_err(setup("cannot start the router"))?;
+    port.register(poll.registry(), PORT)
+        .map_err(setup("cannot watch the guest interface"))?;
+
+    // Signals arrive through a self-pipe.
+    let (sig_rx, sig_tx) =
+        std::os::unix::net::UnixStream::pair().map_err(setup("cannot create the signal pipe"))?;
+    sig_rx
+        .set_nonblocking(true)
+        .map_err(setup("cannot create the signal pipe"))?;
+    let run_mode = opts.child.is_some();
+    let sig_tx = Arc::new(sig_tx);
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        if run_mode && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+            // `usernet run`: the terminal's ^C and ^\ are for the child (it shares our
+            // process group); the engine ignores them and lives as long as the child.
+            signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)))
+                .map_err(setup("cannot install a signal handler"))?;
+            continue;
+        }
+        let tx = sig_tx
+            .try_clone()
+            .map_err(setup("cannot create the signal pipe"))?;
+        signal_hook::low_level::pipe::register(sig, tx)
+            .map_err(setup("cannot install a signal handler"))?;
+    }
+    let mut sig_rx = mio::net::UnixStream::from_std(sig_rx);
+    poll.registry()
+        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
+        .map_err(setup("cannot watch signals"))?;
+    if let Some(fd) = &opts.exit_fd {
+        poll.registry()
+            .register(&mut SourceFd(&fd.as_raw_fd()), EXIT_FD, Interest::READABLE)
+            .map_err(setup("cannot watch the exit fd"))?;
+    }
+    if let Some((_, fd)) = &opts.child {
+        poll.registry()
+            .register(&mut SourceFd(&fd.as_raw_fd()), CHILD, Interest::READABLE)
+            .map_err(setup("cannot watch the child process"))?;
+    }
+    if let Some(fd) = opts.ready_fd.take() {
+        let mut f = std::fs::File::from(fd);
+        if let Err(e) = f.write_all(b"1") {
+            tracing::warn!(error = %e, "cannot write to the ready fd");
+        }
+    }
+    tracing::info!("ready");
+
+    let mut events = Events::with_capacity(1024);
+    let mut port_pending = true;
+    let mut port_writable = true;
+    loop {
+        let now = Instant::now();
+        let timeout = if port_pending {
+            Some(Duration::ZERO)
+        } else {
+            router
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now))
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(setup("event loop failed")(e));
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            match ev.token() {
+                PORT => {
+                    if ev.is_readable() || ev.is_error() || ev.is_read_closed() {
+                        port_pending = true;
+                    }
+                    if ev.is_writable() {
+                        port_writable = true;
+                    }
+                }
+                SIGNAL => {
+                    let mut b = [0u8; 16];
+                    while let Ok(n) = sig_rx.read(&mut b) {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    // signal-hook's pipe carries no signal number; treat it as a stop request.
+                    if let Some((pid, _)) = &opts.child {
+                        // `usernet run`: SIGINT/SIGQUIT reach the child from the terminal;
+                        // pass on a stop request and wait for the child to exit.
+                        let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGTERM);
+                    } else {
+                        return Ok(Exit::Signal(libc::SIGTERM));
+                    }
+                }
+                EXIT_FD => return Ok(Exit::ExitFd),
+                CHILD => {
+                    if let Some((pid, _)) = &opts.child {
+                        let status = nix::sys::wait::waitpid(*pid, None);
+                        let code = match status {
+                            Ok(s) => crate::ns::wait_status_code(s),
+                            Err(_) => 1,
+                        };
+                        return Ok(Exit::Child(code));
+                    }
+                }
+                t => {
+                    if let Some(owner) = Owner::from_token(t) {
+                        router.host_event(
+                            now,
+                            owner,
+                            ev.is_readable() || ev.is_read_closed(),
+                            ev.is_writable() || ev.is_write_closed(),
+                            ev.is_error(),
+                        );
+                    }
+                }
+            }
+        }
+        if port_pending {
+            let st = &stats;
+            let r = port.read_frames(PORT_RX_BATCH, &mut |f| {
+                st.rx_frames.fetch_add(1, Ordering::Relaxed);
+                st.rx_bytes.fetch_add(f.len() as u64, Ordering::Relaxed);
+                router.handle_frame(now, f);
+            });
+            match r {
+                Ok(more) => port_pending = more,
+                Err(e) if port.is_fatal(&e) => return Err(EngineError::PortGone(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "guest interface read error");
+                    port_pending = false;
+                }
+            }
+        }
+        router.process(now);
+        router.run_timers(now);
+        // Write queued frames; resume flows that waited for room; repeat while that helps.
+        for _ in 0..8 {
+            if !port_writable {
+                break;
+            }
+            let had = router.txq().len();
+            while let Some(f) = router.txq().front() {
+                match port.write_frame(f) {
+                    Ok(true) => {
+                        stats.tx_frames.fetch_add(1, Ordering::Relaxed);
+                        stats.tx_bytes.fetch_add(f.len() as u64, Ordering::Relaxed);
+                        router.txq().pop_front();
+                    }
+                    Ok(false) => {
+                        port_writable = false;
+                        break;
+                    }
+                    Err(e) if port.is_fatal(&e) => return Err(EngineError::PortGone(e)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "guest interface refused a frame");
+                        stats.record(DropReason::PortWriteFailed);
+                        router.txq().pop_front();
+                    }
+                }
+            }
+            if had == 0 || !router.has_blocked() {
+                break;
+            }
+            router.tx_drained(now);
+            if router.txq().is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+/// Borrow a raw fd number the caller promises is open and ours to own.
+pub fn owned_fd(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 || nix::fcntl::fcntl(borrow_for_probe(fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file descriptor {fd} is not open"),
+        ));
+    }
+    // SAFETY: the fd was just checked to be open, and the command line hands its
+    // ownership to this process (slirp4netns's -e/-r contract); nothing else closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn borrow_for_probe(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for an F_GETFD probe of a descriptor number the user named;
+    // fcntl on a closed number fails with EBADF and touches nothing.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}

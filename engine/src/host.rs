@@ -1,0 +1,114 @@
+//! Host sockets: the only place usernet opens sockets toward the outside world.
+//!
+//! Every socket is nonblocking and close-on-exec. Outbound sockets are bound to
+//! `--outbound-addr`/`--outbound-addr6` when given.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+
+fn bind_outbound(s: &Socket, cfg: &Config, target: &SocketAddr) -> io::Result<()> {
+    match (target, cfg.outbound_addr, cfg.outbound_addr6) {
+        (SocketAddr::V4(t), Some(a), _) if !t.ip().is_loopback() => {
+            s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())
+        }
+        (SocketAddr::V6(t), _, Some(a)) if !t.ip().is_loopback() => {
+            s.bind(&SocketAddr::new(a, 0).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Start a nonblocking TCP connect to `target`. `Ok` means in progress (or done).
+pub fn tcp_connect(cfg: &Config, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    let s = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_tcp_nodelay(true)?;
+    bind_outbound(&s, cfg, &target)?;
+    match s.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(mio::net::TcpStream::from_std(s.into()))
+}
+
+/// An unconnected UDP socket for one guest mapping, with `IP_RECVERR` so that ICMP
+/// errors from the outside can be relayed to the guest.
+pub fn udp_socket(cfg: &Config, v6: bool) -> io::Result<mio::net::UdpSocket> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    if v6 {
+        s.set_only_v6(true)?;
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6RecvErr, &true)?;
+        let a = match cfg.outbound_addr6 {
+            Some(a) => a,
+            None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        s.bind(&SocketAddr::new(a, 0).into())?;
+    } else {
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv4RecvErr, &true)?;
+        let a = cfg.outbound_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
+    }
+    Ok(mio::net::UdpSocket::from_std(s.into()))
+}
+
+/// A socket for ICMP echo: an unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`)
+/// bound to `ident` when that id is free, so the guest's echo id survives.
+pub fn ping_socket(cfg: &Config, ident: u16) -> io::Result<mio::net::UdpSocket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::ICMPV4),
+    )?;
+    let a = cfg.outbound_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    if s.bind(&SocketAddr::new(IpAddr::V4(a), ident).into())
+        .is_err()
+    {
+        s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
+    }
+    Ok(mio::net::UdpSocket::from_std(s.into()))
+}
+
+/// A raw ICMP socket (needs `CAP_NET_RAW`), shared by all echo mappings.
+pub fn raw_icmp_socket(cfg: &Config) -> io::Result<mio::net::UdpSocket> {
+    let s = Socket::new(
+        Domain::IPV4,
+        Type::RAW.nonblocking().cloexec(),
+        Some(Protocol::ICMPV4),
+    )?;
+    if let Some(a) = cfg.outbound_addr {
+        s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
+    }
+    // A raw socket is datagram-like for our purposes: send_to/recv_from whole packets.
+    Ok(mio::net::UdpSocket::from_std(s.into()))
+}
+
+/// A UDP socket for the DNS relay's upstream queries.
+pub fn dns_socket(v6: bool) -> io::Result<mio::net::UdpSocket> {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(
+        domain,
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    let a: SocketAddr = if v6 {
+        s.set_only_v6(true)?;
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    s.bind(&a.into())?;
+    Ok(mio::net::UdpSocket::from_std(s.into()))
+}

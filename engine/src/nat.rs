@@ -1,0 +1,183 @@
+//! NAT policy: where a guest flow goes, and how a host address looks from the guest.
+//!
+//! Pure functions of the configuration and a tuple (passt's `fwd_nat_from_tap()` is the
+//! model): protocol handlers ask, they do not decide. Table-tested below, no sockets.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::config::Config;
+
+/// Transport protocol of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// Where a guest flow is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A host socket toward this address.
+    Host(SocketAddr),
+    /// The DNS relay (UDP or TCP to the DNS address, port 53).
+    Dns,
+}
+
+/// Why a guest flow is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It would reach the host's loopback and `--disable-host-loopback` is set (answer: RST / port unreachable).
+    HostLoopbackDisabled,
+    /// The DNS address while DNS is disabled (answer: RST / port unreachable).
+    DnsDisabled,
+    /// Not routable at all: multicast, loopback, unspecified, other addresses of the virtual network (drop).
+    Unroutable,
+}
+
+/// Decide where a guest flow to `dst` goes.
+pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
+    let ip = *dst.ip();
+    let loopback = |port: u16| {
+        if cfg.disable_host_loopback {
+            Err(Refusal::HostLoopbackDisabled)
+        } else {
+            Ok(Target::Host(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                port,
+            ))))
+        }
+    };
+    if ip == cfg.dns {
+        if dst.port() == 53 {
+            return if cfg.enable_dns {
+                Ok(Target::Dns)
+            } else {
+                Err(Refusal::DnsDisabled)
+            };
+        }
+        return loopback(dst.port());
+    }
+    if ip == cfg.gateway {
+        return loopback(dst.port());
+    }
+    if ip == Ipv4Addr::BROADCAST {
+        // libslirp sends limited broadcasts to the host's loopback.
+        return match proto {
+            Proto::Udp => loopback(dst.port()),
+            Proto::Tcp => Err(Refusal::Unroutable),
+        };
+    }
+    if cfg.in_subnet(ip)
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unspecified()
+        || dst.port() == 0
+    {
+        return Err(Refusal::Unroutable);
+    }
+    Ok(Target::Host(SocketAddr::V4(dst)))
+}
+
+/// How the source of a host-side packet looks from the guest: the host's loopback
+/// appears as the gateway. `None`: the guest must not see it (loopback while host
+/// loopback is disabled, other loopback addresses, IPv6 for an IPv4 flow).
+pub fn to_guest_source(cfg: &Config, from: SocketAddr) -> Option<SocketAddrV4> {
+    let from = match from {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => SocketAddrV4::new(a.ip().to_ipv4_mapped()?, a.port()),
+    };
+    if from.ip().is_loopback() {
+        if cfg.disable_host_loopback || *from.ip() != Ipv4Addr::LOCALHOST {
+            return None;
+        }
+        return Some(SocketAddrV4::new(cfg.gateway, from.port()));
+    }
+    Some(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn table() {
+        let cfg = Config::default();
+        let mut off = Config::default();
+        off.disable_host_loopback = true;
+        let mut nodns = Config::default();
+        nodns.enable_dns = false;
+        let host = |s: &str| Ok(Target::Host(SocketAddr::V4(sa(s))));
+        let cases: &[(&Config, Proto, &str, Result<Target, Refusal>)] = &[
+            (&cfg, Proto::Tcp, "10.0.2.2:80", host("127.0.0.1:80")),
+            (&cfg, Proto::Udp, "10.0.2.2:53", host("127.0.0.1:53")),
+            (&cfg, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
+            (&cfg, Proto::Tcp, "10.0.2.3:53", Ok(Target::Dns)),
+            (&cfg, Proto::Tcp, "10.0.2.3:80", host("127.0.0.1:80")),
+            (&cfg, Proto::Udp, "255.255.255.255:9", host("127.0.0.1:9")),
+            (
+                &cfg,
+                Proto::Tcp,
+                "198.51.100.1:443",
+                host("198.51.100.1:443"),
+            ),
+            (&cfg, Proto::Tcp, "10.0.2.50:80", Err(Refusal::Unroutable)),
+            (&cfg, Proto::Tcp, "127.0.0.1:80", Err(Refusal::Unroutable)),
+            (
+                &cfg,
+                Proto::Udp,
+                "224.0.0.251:5353",
+                Err(Refusal::Unroutable),
+            ),
+            (&cfg, Proto::Tcp, "198.51.100.1:0", Err(Refusal::Unroutable)),
+            (
+                &off,
+                Proto::Tcp,
+                "10.0.2.2:80",
+                Err(Refusal::HostLoopbackDisabled),
+            ),
+            (
+                &off,
+                Proto::Udp,
+                "255.255.255.255:9",
+                Err(Refusal::HostLoopbackDisabled),
+            ),
+            (
+                &off,
+                Proto::Tcp,
+                "10.0.2.3:80",
+                Err(Refusal::HostLoopbackDisabled),
+            ),
+            (&off, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
+            (&off, Proto::Tcp, "198.51.100.1:80", host("198.51.100.1:80")),
+            (&nodns, Proto::Udp, "10.0.2.3:53", Err(Refusal::DnsDisabled)),
+        ];
+        for (c, p, dst, want) in cases {
+            assert_eq!(from_guest(c, *p, sa(dst)), *want, "{p:?} {dst}");
+        }
+    }
+
+    #[test]
+    fn sources() {
+        let cfg = Config::default();
+        let mut off = Config::default();
+        off.disable_host_loopback = true;
+        let s = |x: &str| -> SocketAddr { x.parse().unwrap() };
+        assert_eq!(
+            to_guest_source(&cfg, s("127.0.0.1:80")),
+            Some(sa("10.0.2.2:80"))
+        );
+        assert_eq!(to_guest_source(&cfg, s("127.0.0.53:53")), None);
+        assert_eq!(to_guest_source(&off, s("127.0.0.1:80")), None);
+        assert_eq!(
+            to_guest_source(&off, s("198.51.100.1:7")),
+            Some(sa("198.51.100.1:7"))
+        );
+        assert_eq!(to_guest_source(&cfg, s("[::1]:80")), None);
+    }
+}

@@ -1,0 +1,491 @@
+//! The router: everything the guest sees on its link.
+//!
+//! # Theory of operation
+//! The router takes whole Ethernet frames from an L2 port (a TAP today, a QEMU stream or
+//! a switch of several guests later: the router never knows which) and emits frames into
+//! a bounded [`TxQueue`] that the event loop writes back to the port. It is the gateway
+//! (10.0.2.2) and the DNS address (10.0.2.3) on the virtual network:
+//!
+//! * **L2** is ours: ARP is answered only for the gateway and DNS addresses (never for
+//!   the guest's own gratuitous ARP), the guest's MAC is learned from its frames.
+//! * **Classification** parses each frame with zero-copy `smoltcp::wire` views and ends
+//!   in exactly one handler or one counted [`DropReason`]. Fragments are reassembled
+//!   first ([`crate::frag`]).
+//! * **TCP** ([`tcp`]) is terminated by smoltcp, one `SocketSet` per flow, so no per-frame
+//!   work grows with the number of flows; the host side is a nonblocking socket.
+//! * **UDP** ([`udp`]) and **ICMP** ([`icmp`]) bypass smoltcp: they are NAT-ed to host
+//!   sockets directly, with endpoint-independent UDP mappings and ping sockets.
+//! * **Services**: the DNS relay ([`dns`]) and, when wired, the DHCP server.
+//!
+//! Work on host sockets is driven by the event loop through [`Router::host_event`], and
+//! every flow touched in one batch is polled once in [`Router::process`]. Deadlines of all
+//! flows live in one ordered set, so expiry never scans the tables.
+
+pub mod dns;
+pub mod icmp;
+pub mod tcp;
+pub mod udp;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::{Registry, Token};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet,
+};
+
+use crate::config::{Config, GATEWAY_MAC, TX_QUEUE_BYTES, TX_QUEUE_MIN_FRAMES};
+use crate::frag::{FragOutcome, Reassembler};
+use crate::frames::{
+    ETH_HLEN, ETHERTYPE_ARP, Emitter, PROTO_ICMP, PROTO_TCP, PROTO_UDP, write_eth,
+};
+use crate::stats::{DropReason, Stats};
+use crate::txq::TxQueue;
+
+/// Tokens at or above this value belong to the router; the low ones to the event loop.
+pub const ROUTER_TOKEN_BASE: usize = 1 << 32;
+const KIND_SHIFT: u32 = 40;
+
+/// What a router-owned token refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Owner {
+    /// A TCP flow's host socket (slab index).
+    Tcp(usize),
+    /// A UDP mapping's host socket.
+    Udp(usize),
+    /// An ICMP echo mapping's ping socket.
+    Icmp(usize),
+    /// The shared raw ICMP socket.
+    IcmpRaw,
+    /// The DNS relay's upstream socket (0: IPv4, 1: IPv6).
+    DnsUpstream(usize),
+}
+
+impl Owner {
+    /// The mio token.
+    pub fn token(self) -> Token {
+        let (k, i) = match self {
+            Owner::Tcp(i) => (1, i),
+            Owner::Udp(i) => (2, i),
+            Owner::Icmp(i) => (3, i),
+            Owner::IcmpRaw => (4, 0),
+            Owner::DnsUpstream(i) => (5, i),
+        };
+        Token(ROUTER_TOKEN_BASE + ((k as usize) << KIND_SHIFT) + i)
+    }
+
+    /// Decode a token.
+    pub fn from_token(t: Token) -> Option<Owner> {
+        let v = t.0.checked_sub(ROUTER_TOKEN_BASE)?;
+        let i = v & ((1usize << KIND_SHIFT) - 1);
+        Some(match v >> KIND_SHIFT {
+            1 => Owner::Tcp(i),
+            2 => Owner::Udp(i),
+            3 => Owner::Icmp(i),
+            4 => Owner::IcmpRaw,
+            5 => Owner::DnsUpstream(i),
+            _ => return None,
+        })
+    }
+}
+
+/// A deadline owner in the timer set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TimerKey {
+    /// A TCP flow (smoltcp deadline, connect timeout, idle timeout).
+    Tcp(usize),
+    /// A UDP mapping's idle expiry.
+    Udp(usize),
+    /// An ICMP mapping's idle expiry.
+    Icmp(usize),
+    /// Fragment reassembly expiry.
+    Frag,
+    /// DNS relay retries.
+    Dns,
+}
+
+/// Ordered deadlines; each owner has at most one entry (it remembers its own).
+#[derive(Default)]
+pub struct Timers {
+    set: BTreeSet<(Instant, TimerKey)>,
+}
+
+impl Timers {
+    /// Move `key`'s deadline from `old` to `new`.
+    pub fn reschedule(&mut self, key: TimerKey, old: &mut Option<Instant>, new: Option<Instant>) {
+        if *old == new {
+            return;
+        }
+        if let Some(o) = old.take() {
+            self.set.remove(&(o, key));
+        }
+        if let Some(n) = new {
+            self.set.insert((n, key));
+        }
+        *old = new;
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.set.first().map(|(t, _)| *t)
+    }
+
+    /// Remove and return the first owner due at `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKey)> {
+        let first = *self.set.first()?;
+        if first.0 > now {
+            return None;
+        }
+        self.set.pop_first()
+    }
+}
+
+/// Shared pieces every handler needs while a table is borrowed.
+pub struct Ctx {
+    /// Configuration.
+    pub cfg: Config,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Frames toward the guest.
+    pub txq: TxQueue,
+    /// Frame builder.
+    pub emit: Emitter,
+    /// Deadlines.
+    pub timers: Timers,
+    /// For registering host sockets.
+    pub registry: Registry,
+    /// The engine's start, for smoltcp timestamps.
+    pub epoch: Instant,
+}
+
+impl Ctx {
+    /// Count a drop.
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        self.stats.record(r);
+    }
+
+    /// smoltcp's timestamp for `now`.
+    pub fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.epoch).as_micros() as i64
+        )
+    }
+
+    /// std time for a smoltcp timestamp.
+    pub fn std_time(&self, t: smoltcp::time::Instant) -> Instant {
+        self.epoch + std::time::Duration::from_micros(t.total_micros().max(0) as u64)
+    }
+}
+
+/// The router. See the module docs.
+pub struct Router {
+    /// Shared context.
+    pub ctx: Ctx,
+    guest_mac_known: bool,
+    frag: Reassembler,
+    frag_deadline: Option<Instant>,
+    /// Guest TCP flows.
+    pub tcp: tcp::TcpTable,
+    /// UDP mappings.
+    pub udp: udp::UdpTable,
+    /// ICMP echo mappings.
+    pub icmp: icmp::IcmpTable,
+    /// DNS relay.
+    pub dns: dns::DnsService,
+    dns_deadline: Option<Instant>,
+}
+
+impl Router {
+    /// A router for `cfg`; `guest_mac` is the guest interface's MAC when known.
+    pub fn new(
+        cfg: Config,
+        stats: Arc<Stats>,
+        registry: Registry,
+        guest_mac: Option<[u8; 6]>,
+        now: Instant,
+    ) -> std::io::Result<Router> {
+        let frame_cap = ETH_HLEN + cfg.mtu as usize;
+        let max_frames = (TX_QUEUE_BYTES / frame_cap).max(TX_QUEUE_MIN_FRAMES);
+        let mut ctx = Ctx {
+            txq: TxQueue::new(max_frames, frame_cap),
+            emit: Emitter::new(
+                GATEWAY_MAC,
+                guest_mac.unwrap_or([0xff; 6]),
+                cfg.mtu as usize,
+            ),
+            timers: Timers::default(),
+            registry,
+            epoch: now,
+            stats,
+            cfg,
+        };
+        let tcp = tcp::TcpTable::new(&mut ctx, now);
+        let dns = dns::DnsService::new(&ctx, now)?;
+        Ok(Router {
+            frag: Reassembler::new(ctx.cfg.limits.max_reassembly),
+            frag_deadline: None,
+            guest_mac_known: guest_mac.is_some(),
+            udp: udp::UdpTable::default(),
+            icmp: icmp::IcmpTable::default(),
+            dns,
+            dns_deadline: None,
+            tcp,
+            ctx,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.ctx.cfg
+    }
+
+    /// Frames waiting for the port.
+    pub fn txq(&mut self) -> &mut TxQueue {
+        &mut self.ctx.txq
+    }
+
+    /// One Ethernet frame from the guest.
+    pub fn handle_frame(&mut self, now: Instant, frame: &[u8]) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            self.ctx.drop(DropReason::FrameBadLength);
+            return;
+        };
+        let dst = eth.dst_addr();
+        if !(dst.is_broadcast() || dst.is_multicast() || dst.0 == GATEWAY_MAC) {
+            self.ctx.drop(DropReason::FrameNotForUs);
+            return;
+        }
+        let src = eth.src_addr();
+        if src.is_unicast() && src.0 != self.ctx.emit.guest_mac {
+            if self.guest_mac_known {
+                tracing::debug!(mac = %src, "guest MAC changed");
+            }
+            self.ctx.emit.guest_mac = src.0;
+            self.guest_mac_known = true;
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.handle_arp(eth.payload()),
+            EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), src.0),
+            EthernetProtocol::Ipv6 => self.ctx.drop(DropReason::Ipv6Disabled),
+            _ => self.ctx.drop(DropReason::UnknownEthertype),
+        }
+    }
+
+    fn handle_arp(&mut self, payload: &[u8]) {
+        let Ok(pkt) = ArpPacket::new_checked(payload) else {
+            self.ctx.drop(DropReason::ArpMalformed);
+            return;
+        };
+        let Ok(ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        }) = ArpRepr::parse(&pkt)
+        else {
+            self.ctx.drop(DropReason::ArpMalformed);
+            return;
+        };
+        let cfg = &self.ctx.cfg;
+        let ours = target_protocol_addr == cfg.gateway || target_protocol_addr == cfg.dns;
+        if operation != ArpOperation::Request
+            || !ours
+            || source_protocol_addr == target_protocol_addr
+            || !source_hardware_addr.is_unicast()
+        {
+            self.ctx.drop(DropReason::ArpNotForUs);
+            return;
+        }
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(GATEWAY_MAC),
+            source_protocol_addr: target_protocol_addr,
+            target_hardware_addr: source_hardware_addr,
+            target_protocol_addr: source_protocol_addr,
+        };
+        let len = ETH_HLEN + reply.buffer_len();
+        let pushed = self.ctx.txq.push(len, |b| {
+            write_eth(b, source_hardware_addr.0, GATEWAY_MAC, ETHERTYPE_ARP);
+            let mut p = ArpPacket::new_unchecked(&mut b[ETH_HLEN..]);
+            reply.emit(&mut p);
+        });
+        if pushed.is_none() {
+            self.ctx.drop(DropReason::TxQueueFull);
+        }
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, payload: &[u8], src_mac: [u8; 6]) {
+        let Ok(pkt) = Ipv4Packet::new_checked(payload) else {
+            self.ctx.drop(DropReason::Ipv4Malformed);
+            return;
+        };
+        if pkt.version() != 4 {
+            self.ctx.drop(DropReason::Ipv4Malformed);
+            return;
+        }
+        if self.ctx.cfg.verify_checksums && !pkt.verify_checksum() {
+            self.ctx.drop(DropReason::Ipv4BadChecksum);
+            return;
+        }
+        let total = usize::from(pkt.total_len());
+        let ip = &payload[..total];
+        let src = pkt.src_addr();
+        let proto: u8 = pkt.next_header().into();
+        // Only DHCP may come from 0.0.0.0; nothing may come from outside the subnet or from our addresses.
+        let cfg = &self.ctx.cfg;
+        if src.is_unspecified() {
+            if proto != PROTO_UDP {
+                self.ctx.drop(DropReason::Ipv4BadSource);
+                return;
+            }
+        } else if !cfg.in_subnet(src)
+            || src == cfg.gateway
+            || src == cfg.dns
+            || src == cfg.broadcast()
+            || src == cfg.network
+        {
+            self.ctx.drop(DropReason::Ipv4BadSource);
+            return;
+        }
+        if pkt.more_frags() || pkt.frag_offset() != 0 {
+            let pkt = match Ipv4Packet::new_checked(ip) {
+                Ok(p) => p,
+                Err(_) => {
+                    self.ctx.drop(DropReason::Ipv4Malformed);
+                    return;
+                }
+            };
+            let outcome = self.frag.push(now, &pkt);
+            let evicted = std::mem::take(&mut self.frag.evicted);
+            for _ in 0..evicted {
+                self.ctx.drop(DropReason::FragmentEvicted);
+            }
+            let next = self.frag.poll_at();
+            self.ctx
+                .timers
+                .reschedule(TimerKey::Frag, &mut self.frag_deadline, next);
+            match outcome {
+                FragOutcome::Pending => {}
+                FragOutcome::Dropped(r) => self.ctx.drop(r),
+                FragOutcome::Complete(buf) => {
+                    self.dispatch_ipv4(now, &buf, proto, src_mac);
+                    self.frag.recycle(buf);
+                }
+            }
+            return;
+        }
+        self.dispatch_ipv4(now, ip, proto, src_mac);
+    }
+
+    /// A whole (unfragmented or reassembled) IPv4 packet.
+    fn dispatch_ipv4(&mut self, now: Instant, ip: &[u8], proto: u8, src_mac: [u8; 6]) {
+        match proto {
+            PROTO_TCP => self.tcp.handle_segment(&mut self.ctx, &self.dns, now, ip),
+            PROTO_UDP => self.handle_udp(now, ip, src_mac),
+            PROTO_ICMP => self.icmp.handle_guest(&mut self.ctx, now, ip),
+            _ => self.ctx.drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    fn handle_udp(&mut self, now: Instant, ip: &[u8], _src_mac: [u8; 6]) {
+        let Some(d) = udp::GuestDatagram::parse(&self.ctx.cfg, ip) else {
+            self.ctx.drop(DropReason::UdpMalformed);
+            return;
+        };
+        if d.dst.port() == 67 && d.src.port() == 68 {
+            // The DHCP server plugs in here (issue: DHCP and DNS); until then such
+            // messages are counted and dropped.
+            self.ctx.drop(DropReason::DhcpDisabled);
+            return;
+        }
+        if d.src.ip().is_unspecified() {
+            self.ctx.drop(DropReason::Ipv4BadSource);
+            return;
+        }
+        if *d.dst.ip() == self.ctx.cfg.dns && d.dst.port() == 53 && self.ctx.cfg.enable_dns {
+            self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
+            self.sync_dns_timer();
+            return;
+        }
+        self.udp.handle_guest(&mut self.ctx, now, &d, ip);
+    }
+
+    fn sync_dns_timer(&mut self) {
+        let next = self.dns.poll_at();
+        self.ctx
+            .timers
+            .reschedule(TimerKey::Dns, &mut self.dns_deadline, next);
+    }
+
+    /// Readiness on a router-owned host socket.
+    pub fn host_event(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        readable: bool,
+        writable: bool,
+        error: bool,
+    ) {
+        match owner {
+            Owner::Tcp(i) => self.tcp.host_event(i, readable, writable || error),
+            Owner::Udp(i) => self.udp.host_event(&mut self.ctx, now, i, readable, error),
+            Owner::Icmp(i) => self.icmp.host_event(&mut self.ctx, now, Some(i)),
+            Owner::IcmpRaw => self.icmp.host_event(&mut self.ctx, now, None),
+            Owner::DnsUpstream(i) => {
+                self.dns.upstream_readable(&mut self.ctx, now, i);
+                self.sync_dns_timer();
+            }
+        }
+    }
+
+    /// Poll every flow touched since the last call, once.
+    pub fn process(&mut self, now: Instant) {
+        self.tcp.process_dirty(&mut self.ctx, now);
+    }
+
+    /// After the port drained: resume flows and readers that waited for queue room.
+    pub fn tx_drained(&mut self, now: Instant) {
+        self.tcp.resume_blocked(&mut self.ctx, now);
+        self.udp.resume_blocked(&mut self.ctx, now);
+    }
+
+    /// Whether a flow or reader waits for room in the frame queue.
+    pub fn has_blocked(&self) -> bool {
+        self.tcp.has_blocked() || self.udp.has_blocked()
+    }
+
+    /// The earliest deadline of any flow or service.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.ctx.timers.next()
+    }
+
+    /// Run every deadline due at `now`.
+    pub fn run_timers(&mut self, now: Instant) {
+        while let Some((_, key)) = self.ctx.timers.pop_due(now) {
+            match key {
+                TimerKey::Tcp(i) => self.tcp.timer(&mut self.ctx, now, i),
+                TimerKey::Udp(i) => self.udp.timer(&mut self.ctx, now, i),
+                TimerKey::Icmp(i) => self.icmp.timer(&mut self.ctx, now, i),
+                TimerKey::Frag => {
+                    self.frag_deadline = None;
+                    for _ in 0..self.frag.expire(now) {
+                        self.ctx.drop(DropReason::FragmentTimeout);
+                    }
+                    let next = self.frag.poll_at();
+                    self.ctx
+                        .timers
+                        .reschedule(TimerKey::Frag, &mut self.frag_deadline, next);
+                }
+                TimerKey::Dns => {
+                    self.dns_deadline = None;
+                    self.dns.on_timeout(&mut self.ctx, now);
+                    self.sync_dns_timer();
+                }
+            }
+        }
+        self.tcp.process_dirty(&mut self.ctx, now);
+    }
+}

@@ -1,0 +1,722 @@
+//! Guest TCP: terminated by smoltcp, proxied to a host socket.
+//!
+//! # Theory of operation
+//! A guest SYN for an unknown tuple starts a nonblocking host `connect()` and a smoltcp
+//! socket that `listen`s on the exact destination with its SYN-ACK paused. The guest
+//! gets the SYN-ACK only when the host connect succeeds; RST when it is refused; an ICMP
+//! unreachable when the host says the network or host is unreachable. A retransmitted SYN
+//! finds the flow in the table and is handled by that socket (it never creates a second).
+//!
+//! Each flow owns a one-socket `SocketSet`, so smoltcp's per-packet scans touch one
+//! socket. Data moves between the smoltcp rings and the host socket with no staging
+//! copy (`send`/`recv` closures read and write straight into the rings). Backpressure:
+//! a full transmit ring stops reading the host socket (resumed when the guest ACKs); a
+//! host socket that would block leaves data in the receive ring, whose window shrinks
+//! (resumed on writability). A stalled flow costs no CPU: nothing polls it.
+//!
+//! Half-close: a guest FIN is passed on as `shutdown(SHUT_WR)` once the receive ring is
+//! drained; a host EOF becomes `close()` on the smoltcp socket, whose FIN follows the
+//! data. A guest RST closes the host socket with `SO_LINGER` 0 (the peer sees RST); a host
+//! reset aborts the smoltcp socket (the guest sees RST). The flow is released as soon as
+//! smoltcp reaches TIME-WAIT or CLOSED, so no buffers are held in TIME-WAIT.
+//!
+//! Flow states: `Connecting` (host connect in flight; counts toward the half-open cap)
+//! → `Open` (data may flow) → released. Deadlines: connect timeout, idle timeout, and
+//! smoltcp's own (`poll_at`), merged into one entry of the router's timer set.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mio::Interest;
+use slab::Slab;
+use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Packet, TcpPacket};
+
+use super::dns::DnsService;
+use super::{Ctx, Owner, TimerKey};
+use crate::config::{GATEWAY_MAC, TCP_CONNECT_TIMEOUT, TCP_IDLE_TIMEOUT};
+use crate::frames::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, write_eth};
+use crate::nat::{self, Proto, Refusal, Target};
+use crate::stats::{DropReason, FlowKind};
+use crate::txq::TxQueue;
+
+/// Bytes of the guest's SYN kept for an ICMP error quote (IP header with options + 8).
+const SYN_QUOTE: usize = 68;
+/// `poll_egress` calls per flow per turn (each emits at most one segment): bounds one
+/// flow's burst so that others get their turn.
+const EGRESS_BURST: usize = 256;
+
+/// A TCP flow's identity: the guest's end and the remote end as the guest sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcpKey {
+    /// Guest address and port.
+    pub guest: SocketAddrV4,
+    /// Remote address and port the guest connects to.
+    pub remote: SocketAddrV4,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Connecting,
+    Open,
+}
+
+struct TcpFlow {
+    key: TcpKey,
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    host: mio::net::TcpStream,
+    phase: Phase,
+    started: Instant,
+    last_active: Instant,
+    syn: [u8; SYN_QUOTE],
+    syn_len: usize,
+    host_readable: bool,
+    host_writable: bool,
+    host_eof: bool,
+    host_wr_shut: bool,
+    guest_fin: bool,
+    dirty: bool,
+    tx_blocked: bool,
+    deadline: Option<Instant>,
+}
+
+/// The smoltcp device for one flow: at most one received IP packet in, frames out into
+/// the router's queue with the Ethernet header filled in place.
+struct FlowDev<'a> {
+    rx: Option<&'a [u8]>,
+    txq: &'a mut TxQueue,
+    guest_mac: [u8; 6],
+    caps: &'a DeviceCapabilities,
+}
+
+struct RxTok<'a>(&'a [u8]);
+struct TxTok<'a> {
+    txq: &'a mut TxQueue,
+    guest_mac: [u8; 6],
+}
+
+impl phy::RxToken for RxTok<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+impl phy::TxToken for TxTok<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mac = self.guest_mac;
+        // Only a reply token handed out with a received packet can meet a full queue;
+        // then the segment is built and discarded (smoltcp retransmits it).
+        let (r, _queued) = self.txq.push_or_discard(ETH_HLEN + len, |b| {
+            let r = f(&mut b[ETH_HLEN..]);
+            let et = if b[ETH_HLEN] >> 4 == 6 {
+                ETHERTYPE_IPV6
+            } else {
+                ETHERTYPE_IPV4
+            };
+            write_eth(b, mac, GATEWAY_MAC, et);
+            r
+        });
+        r
+    }
+}
+
+impl phy::Device for FlowDev<'_> {
+    type RxToken<'b>
+        = RxTok<'b>
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = TxTok<'b>
+    where
+        Self: 'b;
+
+    fn receive(&mut self, _t: smoltcp::time::Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
+        let rx = self.rx.take()?;
+        Some((
+            RxTok(rx),
+            TxTok {
+                txq: self.txq,
+                guest_mac: self.guest_mac,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _t: smoltcp::time::Instant) -> Option<TxTok<'_>> {
+        if !self.txq.has_room() {
+            return None;
+        }
+        Some(TxTok {
+            txq: self.txq,
+            guest_mac: self.guest_mac,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+/// All guest TCP flows.
+pub struct TcpTable {
+    iface: Interface,
+    caps: DeviceCapabilities,
+    flows: Slab<TcpFlow>,
+    map: HashMap<TcpKey, usize>,
+    half_open: usize,
+    dirty: Vec<usize>,
+    blocked: Vec<usize>,
+}
+
+fn dev<'a>(ctx: &'a mut Ctx, caps: &'a DeviceCapabilities, rx: Option<&'a [u8]>) -> FlowDev<'a> {
+    FlowDev {
+        rx,
+        guest_mac: ctx.emit.guest_mac,
+        txq: &mut ctx.txq,
+        caps,
+    }
+}
+
+enum Pump {
+    Data,
+    Full,
+    Again,
+    Eof,
+    Failed(io::Error),
+}
+
+impl TcpTable {
+    /// A table with its smoltcp interface (`Medium::Ip`, any-IP).
+    pub fn new(ctx: &mut Ctx, now: Instant) -> TcpTable {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = ctx.cfg.mtu as usize;
+        if !ctx.cfg.verify_checksums {
+            let mut c = ChecksumCapabilities::ignored();
+            c.ipv4 = phy::Checksum::Tx;
+            c.tcp = phy::Checksum::Tx;
+            c.udp = phy::Checksum::Tx;
+            c.icmpv4 = phy::Checksum::Tx;
+            c.icmpv6 = phy::Checksum::Tx;
+            caps.checksum = c;
+        }
+        let mut config = IfaceConfig::new(HardwareAddress::Ip);
+        config.random_seed = seed();
+        let smol_now = ctx.smol_now(now);
+        let mut iface = {
+            let mut d = dev(ctx, &caps, None);
+            Interface::new(config, &mut d, smol_now)
+        };
+        iface.set_any_ip(true);
+        let gw = ctx.cfg.gateway;
+        let prefix = ctx.cfg.prefix_len;
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(IpAddress::Ipv4(gw), prefix));
+        });
+        TcpTable {
+            iface,
+            caps,
+            flows: Slab::new(),
+            map: HashMap::new(),
+            half_open: 0,
+            dirty: Vec::new(),
+            blocked: Vec::new(),
+        }
+    }
+
+    /// Whether a flow waits for room in the frame queue.
+    pub fn has_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    /// Flows open now.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is open.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    fn mark_dirty(&mut self, idx: usize) {
+        if let Some(f) = self.flows.get_mut(idx) {
+            if !f.dirty {
+                f.dirty = true;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    /// A whole IPv4 packet carrying TCP from the guest.
+    pub fn handle_segment(&mut self, ctx: &mut Ctx, dns: &DnsService, now: Instant, ip: &[u8]) {
+        let Ok(pkt) = Ipv4Packet::new_checked(ip) else {
+            ctx.drop(DropReason::Ipv4Malformed);
+            return;
+        };
+        let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
+        let Ok(seg) = TcpPacket::new_checked(pkt.payload()) else {
+            ctx.drop(DropReason::TcpMalformed);
+            return;
+        };
+        if ctx.cfg.verify_checksums && !seg.verify_checksum(&src.into(), &dst.into()) {
+            ctx.drop(DropReason::TcpMalformed);
+            return;
+        }
+        let key = TcpKey {
+            guest: SocketAddrV4::new(src, seg.src_port()),
+            remote: SocketAddrV4::new(dst, seg.dst_port()),
+        };
+        if let Some(&idx) = self.map.get(&key) {
+            let smol_now = ctx.smol_now(now);
+            if let Some(f) = self.flows.get_mut(idx) {
+                let mut d = dev(ctx, &self.caps, Some(ip));
+                self.iface.poll_ingress_single(smol_now, &mut d, &mut f.set);
+                f.last_active = now;
+            }
+            self.mark_dirty(idx);
+            return;
+        }
+        if seg.rst() {
+            ctx.drop(DropReason::TcpNoFlow);
+            return;
+        }
+        if !seg.syn() || seg.ack() {
+            ctx.drop(DropReason::TcpNoFlow);
+            send_rst(ctx, &key, &seg);
+            return;
+        }
+        if key.guest.port() == 0 || src.is_unspecified() || dst.is_broadcast() {
+            ctx.drop(DropReason::TcpMalformed);
+            return;
+        }
+        if self.flows.len() >= ctx.cfg.limits.max_tcp_flows {
+            ctx.drop(DropReason::TcpTableFull);
+            return;
+        }
+        if self.half_open >= ctx.cfg.limits.max_half_open {
+            ctx.drop(DropReason::TcpHalfOpenFull);
+            return;
+        }
+        let target = match nat::from_guest(&ctx.cfg, Proto::Tcp, key.remote) {
+            Ok(Target::Host(a)) => Some(a),
+            Ok(Target::Dns) => dns.tcp_upstream(),
+            Err(Refusal::Unroutable) if dst.is_multicast() => {
+                ctx.drop(DropReason::Ipv4BadDestination);
+                return;
+            }
+            Err(_) => None,
+        };
+        let Some(target) = target else {
+            ctx.drop(DropReason::TcpRefused);
+            send_rst(ctx, &key, &seg);
+            return;
+        };
+        let mut host = match crate::host::tcp_connect(&ctx.cfg, target) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(guest = %key.guest, remote = %key.remote, %target, error = %e, "connect failed at once");
+                connect_error_reply(ctx, &key, &seg, ip, &e);
+                return;
+            }
+        };
+        let n = ctx.cfg.limits.tcp_buffer;
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; n]),
+            tcp::SocketBuffer::new(vec![0u8; n]),
+        );
+        sock.set_nagle_enabled(false);
+        sock.pause_synack(true);
+        if sock
+            .listen(IpListenEndpoint {
+                addr: Some(IpAddress::Ipv4(dst)),
+                port: key.remote.port(),
+            })
+            .is_err()
+        {
+            ctx.drop(DropReason::TcpMalformed);
+            return;
+        }
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        let idx = self.flows.vacant_key();
+        if let Err(e) = ctx.registry.register(
+            &mut host,
+            Owner::Tcp(idx).token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot register a host socket");
+            send_rst(ctx, &key, &seg);
+            return;
+        }
+        {
+            let smol_now = ctx.smol_now(now);
+            let mut d = dev(ctx, &self.caps, Some(ip));
+            self.iface.poll_ingress_single(smol_now, &mut d, &mut set);
+        }
+        let mut syn = [0u8; SYN_QUOTE];
+        let syn_len = ip.len().min(SYN_QUOTE);
+        syn[..syn_len].copy_from_slice(&ip[..syn_len]);
+        self.flows.insert(TcpFlow {
+            key,
+            set,
+            handle,
+            host,
+            phase: Phase::Connecting,
+            started: now,
+            last_active: now,
+            syn,
+            syn_len,
+            host_readable: false,
+            host_writable: false,
+            host_eof: false,
+            host_wr_shut: false,
+            guest_fin: false,
+            dirty: false,
+            tx_blocked: false,
+            deadline: None,
+        });
+        self.map.insert(key, idx);
+        self.half_open += 1;
+        ctx.stats.flow_opened(FlowKind::Tcp);
+        tracing::debug!(flow = idx, guest = %key.guest, remote = %key.remote, %target, "tcp flow: connecting");
+        self.update_timer(ctx, now, idx);
+    }
+
+    /// Readiness of a flow's host socket.
+    pub fn host_event(&mut self, idx: usize, readable: bool, writable: bool) {
+        if let Some(f) = self.flows.get_mut(idx) {
+            f.host_readable |= readable;
+            f.host_writable |= writable;
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// A flow's deadline passed.
+    pub fn timer(&mut self, ctx: &mut Ctx, now: Instant, idx: usize) {
+        let Some(f) = self.flows.get_mut(idx) else {
+            return;
+        };
+        f.deadline = None;
+        if f.phase == Phase::Connecting && now >= f.started + TCP_CONNECT_TIMEOUT {
+            self.connect_failed(ctx, now, idx, io::Error::from_raw_os_error(libc::ETIMEDOUT));
+            return;
+        }
+        if f.phase == Phase::Open && now >= f.last_active + TCP_IDLE_TIMEOUT {
+            tracing::debug!(flow = idx, "tcp flow idle: reset");
+            f.set.get_mut::<tcp::Socket>(f.handle).abort();
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Resume flows that waited for room in the frame queue.
+    pub fn resume_blocked(&mut self, ctx: &mut Ctx, now: Instant) {
+        let blocked = std::mem::take(&mut self.blocked);
+        for idx in &blocked {
+            if let Some(f) = self.flows.get_mut(*idx) {
+                f.tx_blocked = false;
+            }
+            self.mark_dirty(*idx);
+        }
+        self.blocked = blocked;
+        self.blocked.clear();
+        self.process_dirty(ctx, now);
+    }
+
+    /// Poll every flow marked dirty, once each.
+    pub fn process_dirty(&mut self, ctx: &mut Ctx, now: Instant) {
+        let mut i = 0;
+        // Processing may mark further flows dirty (none today); walk by index.
+        while i < self.dirty.len() {
+            let idx = self.dirty[i];
+            i += 1;
+            self.process_flow(ctx, now, idx);
+        }
+        self.dirty.clear();
+    }
+
+    fn process_flow(&mut self, ctx: &mut Ctx, now: Instant, idx: usize) {
+        let Some(f) = self.flows.get_mut(idx) else {
+            return;
+        };
+        f.dirty = false;
+        if f.phase == Phase::Connecting && f.host_writable {
+            match f.host.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    self.connect_failed(ctx, now, idx, e);
+                    return;
+                }
+                Ok(None) => match f.host.peer_addr() {
+                    Ok(_) => {
+                        f.phase = Phase::Open;
+                        self.half_open -= 1;
+                        f.set.get_mut::<tcp::Socket>(f.handle).pause_synack(false);
+                        tracing::debug!(flow = idx, "tcp flow: host connected");
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => f.host_writable = false,
+                    Err(e) => {
+                        self.connect_failed(ctx, now, idx, e);
+                        return;
+                    }
+                },
+            }
+        }
+        if f.phase == Phase::Open {
+            pump_guest_to_host(f);
+            pump_host_to_guest(f);
+        }
+        let smol_now = ctx.smol_now(now);
+        {
+            let mut d = dev(ctx, &self.caps, None);
+            for _ in 0..EGRESS_BURST {
+                if self.iface.poll_egress(smol_now, &mut d, &mut f.set) == PollResult::None {
+                    break;
+                }
+            }
+        }
+        if !ctx.txq.has_room() && !f.tx_blocked {
+            f.tx_blocked = true;
+            self.blocked.push(idx);
+        }
+        let state = f.set.get::<tcp::Socket>(f.handle).state();
+        if matches!(
+            state,
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) {
+            f.guest_fin = true;
+        }
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && f.phase == Phase::Open {
+            let graceful = f.host_eof && f.guest_fin;
+            self.release(ctx, idx, graceful);
+            return;
+        }
+        self.update_timer(ctx, now, idx);
+    }
+
+    fn update_timer(&mut self, ctx: &mut Ctx, now: Instant, idx: usize) {
+        let Some(f) = self.flows.get_mut(idx) else {
+            return;
+        };
+        let smol_now = ctx.smol_now(now);
+        let mut next = match f.phase {
+            Phase::Connecting => f.started + TCP_CONNECT_TIMEOUT,
+            Phase::Open => f.last_active + TCP_IDLE_TIMEOUT,
+        };
+        if let Some(t) = self.iface.poll_at(smol_now, &f.set) {
+            let t = ctx.std_time(t);
+            // Egress just ran, so a deadline already due means smoltcp was held back: by
+            // a full frame queue (the drain resumes the flow) or by the burst bound.
+            if t > now {
+                next = next.min(t);
+            } else if !f.tx_blocked {
+                next = next.min(now + Duration::from_millis(1));
+            }
+        }
+        ctx.timers
+            .reschedule(TimerKey::Tcp(idx), &mut f.deadline, Some(next));
+    }
+
+    fn connect_failed(&mut self, ctx: &mut Ctx, now: Instant, idx: usize, e: io::Error) {
+        let Some(f) = self.flows.get_mut(idx) else {
+            return;
+        };
+        tracing::debug!(flow = idx, guest = %f.key.guest, remote = %f.key.remote, error = %e, "tcp flow: host connect failed");
+        let quote = f.syn;
+        let qlen = f.syn_len;
+        match icmp_code_for(&e) {
+            Some(code) => {
+                let gw = ctx.cfg.gateway;
+                let guest = *f.key.guest.ip();
+                if !ctx
+                    .emit
+                    .icmp_error(&mut ctx.txq, gw, guest, 3, code, &quote[..qlen])
+                {
+                    ctx.drop(DropReason::TxQueueFull);
+                }
+            }
+            None => {
+                f.set.get_mut::<tcp::Socket>(f.handle).abort();
+                let smol_now = ctx.smol_now(now);
+                let mut d = dev(ctx, &self.caps, None);
+                let _ = self.iface.poll_egress(smol_now, &mut d, &mut f.set);
+            }
+        }
+        self.release(ctx, idx, true);
+    }
+
+    fn release(&mut self, ctx: &mut Ctx, idx: usize, graceful: bool) {
+        if !self.flows.contains(idx) {
+            return;
+        }
+        let mut f = self.flows.remove(idx);
+        self.map.remove(&f.key);
+        if f.phase == Phase::Connecting {
+            self.half_open -= 1;
+        }
+        ctx.timers
+            .reschedule(TimerKey::Tcp(idx), &mut f.deadline, None);
+        let _ = ctx.registry.deregister(&mut f.host);
+        if !graceful {
+            let _ = socket2::SockRef::from(&f.host).set_linger(Some(Duration::ZERO));
+        }
+        ctx.stats.flow_closed(FlowKind::Tcp);
+        tracing::debug!(flow = idx, graceful, "tcp flow released");
+    }
+}
+
+/// Move bytes from the flow's receive ring to the host socket; pass a guest FIN on.
+fn pump_guest_to_host(f: &mut TcpFlow) {
+    let TcpFlow {
+        set, handle, host, ..
+    } = f;
+    let sock = set.get_mut::<tcp::Socket>(*handle);
+    while f.host_writable && sock.recv_queue() > 0 {
+        let r = sock.recv(|data| match (&*host).write(data) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        });
+        match r {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.host_writable = false,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "host write failed: reset");
+                sock.abort();
+                return;
+            }
+        }
+    }
+    let guest_done = matches!(
+        sock.state(),
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    );
+    if guest_done && sock.recv_queue() == 0 && !f.host_wr_shut {
+        f.guest_fin = true;
+        f.host_wr_shut = true;
+        let _ = host.shutdown(Shutdown::Write);
+    }
+}
+
+/// Move bytes from the host socket into the flow's transmit ring; pass a host EOF on.
+fn pump_host_to_guest(f: &mut TcpFlow) {
+    let TcpFlow {
+        set, handle, host, ..
+    } = f;
+    let sock = set.get_mut::<tcp::Socket>(*handle);
+    while f.host_readable && !f.host_eof {
+        if !sock.may_send() {
+            return;
+        }
+        let r = sock.send(|buf| {
+            if buf.is_empty() {
+                return (0, Pump::Full);
+            }
+            match (&*host).read(buf) {
+                Ok(0) => (0, Pump::Eof),
+                Ok(n) => (n, Pump::Data),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Pump::Again),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::Data),
+                Err(e) => (0, Pump::Failed(e)),
+            }
+        });
+        match r {
+            Ok(Pump::Data) => {}
+            Ok(Pump::Full) | Err(_) => return,
+            Ok(Pump::Again) => f.host_readable = false,
+            Ok(Pump::Eof) => {
+                f.host_eof = true;
+                sock.close();
+            }
+            Ok(Pump::Failed(e)) => {
+                tracing::debug!(error = %e, "host read failed: reset");
+                f.host_eof = true;
+                sock.abort();
+            }
+        }
+    }
+}
+
+/// The ICMP destination-unreachable code for a host connect error, or `None` for RST.
+fn icmp_code_for(e: &io::Error) -> Option<u8> {
+    match e.raw_os_error() {
+        Some(libc::ENETUNREACH) => Some(0),
+        Some(libc::EHOSTUNREACH) => Some(1),
+        Some(libc::EACCES) | Some(libc::EPERM) => Some(13),
+        _ => None,
+    }
+}
+
+fn connect_error_reply(
+    ctx: &mut Ctx,
+    key: &TcpKey,
+    seg: &TcpPacket<&[u8]>,
+    ip: &[u8],
+    e: &io::Error,
+) {
+    match icmp_code_for(e) {
+        Some(code) => {
+            let gw = ctx.cfg.gateway;
+            if !ctx
+                .emit
+                .icmp_error(&mut ctx.txq, gw, *key.guest.ip(), 3, code, ip)
+            {
+                ctx.drop(DropReason::TxQueueFull);
+            }
+        }
+        None => send_rst(ctx, key, seg),
+    }
+}
+
+/// Answer a segment that has no flow with a RST, as RFC 793 says.
+fn send_rst(ctx: &mut Ctx, key: &TcpKey, seg: &TcpPacket<&[u8]>) {
+    let (seq, ack) = if seg.ack() {
+        (seg.ack_number().0 as u32, None)
+    } else {
+        let len = seg.payload().len() as u32 + u32::from(seg.syn()) + u32::from(seg.fin());
+        (0, Some((seg.seq_number().0 as u32).wrapping_add(len)))
+    };
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&key.remote.port().to_be_bytes());
+    h[2..4].copy_from_slice(&key.guest.port().to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&ack.unwrap_or(0).to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = 0x04 | if ack.is_some() { 0x10 } else { 0 };
+    let c = !smoltcp::wire::checksum::combine(&[
+        crate::frames::pseudo_v4(
+            *key.remote.ip(),
+            *key.guest.ip(),
+            crate::frames::PROTO_TCP,
+            20,
+        ),
+        smoltcp::wire::checksum::data(&h),
+    ]);
+    h[16..18].copy_from_slice(&c.to_be_bytes());
+    let mac = ctx.emit.guest_mac;
+    if !ctx.emit.ipv4(
+        &mut ctx.txq,
+        mac,
+        *key.remote.ip(),
+        *key.guest.ip(),
+        crate::frames::PROTO_TCP,
+        &[&h],
+    ) {
+        ctx.drop(DropReason::TxQueueFull);
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_ne_bytes(b) ^ std::process::id() as u64
+}
