@@ -678,3 +678,109 @@ fn tap_names_are_validated() {
         assert!(tap::interface_name(good).is_ok(), "{good:?} rejected");
     }
 }
+
+/// Environment variable that turns [`unprivileged_run_child_inner`] on (set only by
+/// [`run_child_works_unprivileged`], which runs this test binary again as uid 65534).
+const INNER_ENV: &str = "USERNET_NS_TEST_UNPRIVILEGED_INNER";
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The inner test's name as the harness knows it (the module path without the crate name).
+fn inner_test_name() -> String {
+    let module = module_path!();
+    let module = module.split_once("::").map_or(module, |(_, rest)| rest);
+    format!("{module}::unprivileged_run_child_inner")
+}
+
+#[test]
+fn run_child_works_unprivileged() {
+    require_root();
+    use std::os::unix::fs::PermissionsExt;
+    // Run this test binary again as uid/gid 65534 (no capabilities at all), so that
+    // spawn_run_child has to create its user namespace unprivileged. Distributions make
+    // /dev/net/tun 0666; some containers make it 0600, so inside a private mount namespace
+    // (invisible to the rest of the machine) a 0666 node for the same device is bound over it.
+    let dir = TempDir(std::env::temp_dir().join(unique("usernet-unpriv")));
+    std::fs::create_dir_all(dir.0.join("dev")).unwrap();
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.0.join("tests-exe");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!(
+        "set -e; mount --make-rprivate /; mount -t tmpfs -o mode=755 tmpfs {d}/dev; \
+         mknod -m 666 {d}/dev/tun c 10 200; mount --bind {d}/dev/tun /dev/net/tun; \
+         exec setpriv --reuid 65534 --regid 65534 --clear-groups {exe} --exact \
+         {inner} --nocapture --test-threads=1",
+        d = dir.0.display(),
+        exe = exe.display(),
+        inner = inner_test_name(),
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env(INNER_ENV, "1")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "unprivileged run failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The inner test really ran (and was not filtered out).
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert!(
+        stdout.contains("inner: unprivileged run child ok"),
+        "{stdout}"
+    );
+}
+
+/// The unprivileged half of [`run_child_works_unprivileged`]; does nothing unless that test
+/// started it (with [`INNER_ENV`] set, as uid 65534).
+#[test]
+fn unprivileged_run_child_inner() {
+    if std::env::var_os(INNER_ENV).is_none() {
+        return;
+    }
+    assert_eq!(
+        nix::unistd::geteuid().as_raw(),
+        65534,
+        "inner test must run as uid 65534"
+    );
+    let out = std::env::temp_dir().join(unique("usernet-unpriv-out"));
+    let script = format!(
+        "exec > {out}; echo uid=$(id -u) gid=$(id -g); ip -o addr show tap0; ip route; \
+         cat /etc/resolv.conf; exit 9",
+        out = out.display()
+    );
+    let argv: Vec<OsString> = ["sh", "-c", script.as_str()]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let mut child = spawn_run_child(
+        &argv,
+        "tap0",
+        &configured(65520, None),
+        Some("nameserver 10.0.2.3\n"),
+    )
+    .unwrap();
+    assert_arp_reply(&child.tap);
+    child.start().unwrap();
+    assert_eq!(wait_code(child.pid), 9);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(text.contains("uid=0 gid=0\n"), "{text}");
+    assert!(text.contains("inet 10.0.2.100/24"), "{text}");
+    assert!(text.contains("default via 10.0.2.2 dev tap0"), "{text}");
+    assert!(text.contains("nameserver 10.0.2.3"), "{text}");
+    println!("inner: unprivileged run child ok");
+}
