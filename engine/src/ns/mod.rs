@@ -585,6 +585,7 @@ fn fork_with_socket<T>(data: &T, child: fn(&T, OwnedFd) -> !) -> Result<(Pid, Ow
     // fork(2) requires of a child of a possibly multithreaded process.
     match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
+            sys::reset_caught_signals();
             drop(parent_end);
             child(data, child_end)
         }

@@ -167,3 +167,24 @@ pub(super) fn exit_now(code: c_int) -> ! {
     // SAFETY: _exit(2) is async-signal-safe and never returns.
     unsafe { libc::_exit(code) }
 }
+
+/// Reset every caught signal to its default action, keeping ignored ones ignored (what
+/// `posix_spawn` does with `POSIX_SPAWN_SETSIGDEF`). A forked child must not run the
+/// parent's handlers: they would act on the parent's state (e.g. write to its self-pipe).
+pub(super) fn reset_caught_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `sigaction` is a plain C struct; all-zero is a valid value.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: querying the disposition (null new action) only writes `old`, a valid local.
+        if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
+            continue;
+        }
+        if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+            // SAFETY: signal(2) with SIG_DFL is async-signal-safe and touches no memory.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+}
