@@ -15,7 +15,8 @@ use crate::fmt_mac;
 
 /// The largest pool we manage, in addresses. The lease table, the free set and the
 /// "last address of this client" memory are each bounded by the pool size, so this
-/// bounds the memory a guest can make us hold (a /16's worth: about 6 MiB at most).
+/// bounds the memory a guest can make us hold: a /16's worth, a few MiB, or a few tens
+/// of MiB if every client sends a 255-byte client identifier.
 pub const MAX_POOL_SIZE: u32 = 1 << 16;
 
 /// The shortest lease we hand out. Shorter leases make clients renew continuously;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     /// Last address of the dynamic pool, inclusive.
     pub pool_end: Ipv4Addr,
     /// Addresses never handed out (gateway, DNS, the slirp4netns static guest address).
+    /// The server's own address and the subnet's network and broadcast addresses are
+    /// never handed out whether listed or not.
     pub excluded: Vec<Ipv4Addr>,
     /// Lease duration (option 51); renewal (58) is half of it and rebinding (59) 7/8.
     pub lease_time: Duration,

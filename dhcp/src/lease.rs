@@ -142,11 +142,9 @@ impl Table {
     /// already offered/bound to the same client; reserved addresses only to their MAC.
     pub fn available_for(&self, addr: u32, key: &ClientKey, mac: [u8; 6]) -> bool {
         if let Some(&owner) = self.reserved_addr.get(&addr) {
-            return owner == mac
-                && self
-                    .leases
-                    .get(&addr)
-                    .is_none_or(|l| l.key == *key || l.state != State::Declined);
+            // Never declined (see `decline`); another identifier on the same MAC
+            // loses it in `assign`.
+            return owner == mac;
         }
         match self.leases.get(&addr) {
             Some(l) => l.key == *key && l.state != State::Declined,

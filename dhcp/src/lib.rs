@@ -34,7 +34,8 @@
 //! source:
 //!
 //! - its zero-copy `v4::borrowed::Message::chaddr()` slices `28..28 + hlen` after only
-//!   checking for 240 bytes, so a guest message with `hlen` = 255 panics it;
+//!   checking for 240 bytes, so a 240-byte guest message with `hlen` = 255 indexes out
+//!   of bounds and panics;
 //! - its owned `Message` encoder allocates an option map and a `Vec` per reply and
 //!   cannot write into the caller's buffer or drop options that do not fit the
 //!   client's maximum message size;

@@ -67,6 +67,9 @@ pub enum Outcome {
 
 /// Where and what to send: the UDP payload is `out[..len]`, from the server address,
 /// port 67, to `dst_ip`, port 68, in an Ethernet frame to `dst_mac`.
+///
+/// A unicast OFFER or ACK goes to an address the client does not have yet (RFC 2131
+/// §4.1): build the frame straight to `dst_mac`, without ARP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     /// Length of the UDP payload written at the start of `out`.
@@ -106,6 +109,43 @@ pub enum IgnoreReason {
     Declined,
     /// `out` is shorter than [`MIN_OUT_LEN`].
     OutputTooSmall,
+}
+
+impl IgnoreReason {
+    /// Every reason, in declaration order: `ALL[r.index()] == r`, for counter arrays.
+    pub const ALL: [IgnoreReason; 10] = [
+        IgnoreReason::Malformed,
+        IgnoreReason::NotBootRequest,
+        IgnoreReason::NotDhcp,
+        IgnoreReason::UnexpectedMessageType,
+        IgnoreReason::NotForUs,
+        IgnoreReason::UnknownClient,
+        IgnoreReason::PoolExhausted,
+        IgnoreReason::Released,
+        IgnoreReason::Declined,
+        IgnoreReason::OutputTooSmall,
+    ];
+
+    /// Position in [`IgnoreReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A stable snake_case name for logs and the stats API.
+    pub fn name(self) -> &'static str {
+        match self {
+            IgnoreReason::Malformed => "malformed",
+            IgnoreReason::NotBootRequest => "not_boot_request",
+            IgnoreReason::NotDhcp => "not_dhcp",
+            IgnoreReason::UnexpectedMessageType => "unexpected_message_type",
+            IgnoreReason::NotForUs => "not_for_us",
+            IgnoreReason::UnknownClient => "unknown_client",
+            IgnoreReason::PoolExhausted => "pool_exhausted",
+            IgnoreReason::Released => "released",
+            IgnoreReason::Declined => "declined",
+            IgnoreReason::OutputTooSmall => "output_too_small",
+        }
+    }
 }
 
 /// What a lease entry is doing, as reported by [`Server::leases`].
@@ -224,7 +264,8 @@ impl Server {
         self.table.expire(now);
     }
 
-    /// Offers, leases and decline holds, sorted by address.
+    /// Offers, leases and decline holds, sorted by address. A reservation appears
+    /// only while its MAC holds it.
     pub fn leases(&self) -> impl Iterator<Item = LeaseInfo> + '_ {
         self.table.leases.iter().map(|(&addr, l)| LeaseInfo {
             addr: Ipv4Addr::from(addr),

@@ -934,6 +934,16 @@ fn client_host_names_are_sanitised() {
     }
 }
 
+#[test]
+fn ignore_reasons_index_their_table() {
+    for (i, r) in IgnoreReason::ALL.iter().enumerate() {
+        assert_eq!(r.index(), i);
+        assert!(!r.name().is_empty());
+    }
+    let names: std::collections::HashSet<_> = IgnoreReason::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(names.len(), IgnoreReason::ALL.len());
+}
+
 // ---- configuration ----
 
 #[test]
