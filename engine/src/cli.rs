@@ -46,6 +46,24 @@ pub struct NetArgs {
     /// Log to this file instead of standard error
     #[arg(long = "log-file", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+    /// DHCP address pool, FIRST-LAST (default: network+15 upward)
+    #[arg(long = "dhcp-range", value_name = "FIRST-LAST", value_parser = parse_dhcp_range)]
+    pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// DHCP lease time: seconds, or with s/m/h/d (default 1d)
+    #[arg(long = "dhcp-lease-time", value_name = "TIME", value_parser = parse_lease)]
+    pub dhcp_lease_time: Option<std::time::Duration>,
+    /// Static DHCP lease MAC,ADDR (repeatable)
+    #[arg(long = "dhcp-host", value_name = "MAC,ADDR", value_parser = parse_dhcp_host)]
+    pub dhcp_host: Vec<([u8; 6], Ipv4Addr)>,
+    /// DNS search domain handed out by DHCP (repeatable)
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Domain name handed out by DHCP
+    #[arg(long = "domain", value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// Turn off the DHCP server
+    #[arg(long = "disable-dhcp")]
+    pub disable_dhcp: bool,
     /// Log every flow and every dropped frame (debug level)
     #[arg(long)]
     pub debug: bool,
@@ -226,6 +244,18 @@ fn parse_mac(s: &str) -> Result<Mac, String> {
     Ok(Mac(m))
 }
 
+fn parse_dhcp_range(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    usernet_dhcp::parse_range(s).map_err(|e| e.to_string())
+}
+
+fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
+    usernet_dhcp::parse_lease_time(s).map_err(|e| e.to_string())
+}
+
+fn parse_dhcp_host(s: &str) -> Result<([u8; 6], Ipv4Addr), String> {
+    usernet_dhcp::parse_host(s).map_err(|e| e.to_string())
+}
+
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -330,6 +360,27 @@ impl NetArgs {
                 }
             }
             cfg.dns_options.local_names = self.host_name.clone();
+        }
+        if self.disable_dhcp {
+            cfg.dhcp = None;
+        }
+        if let Some(d) = cfg.dhcp.as_mut() {
+            d.mtu = Some(self.mtu as u16);
+            if !cfg.enable_dns {
+                d.dns_servers.clear();
+            }
+            if let Some((a, b)) = self.dhcp_range {
+                d.pool_start = a;
+                d.pool_end = b;
+            }
+            if let Some(t) = self.dhcp_lease_time {
+                d.lease_time = t;
+            }
+            d.reservations = self.dhcp_host.clone();
+            d.search = self.dns_search.clone();
+            d.domain_name = self.domain.clone();
+            // Validate now, so a bad range is reported as a command-line error.
+            usernet_dhcp::Server::new(d.clone()).map_err(|e| CliError(format!("DHCP: {e}")))?;
         }
         Ok(cfg)
     }

@@ -92,6 +92,8 @@ pub struct Config {
     pub limits: Limits,
     /// DNS relay options.
     pub dns_options: crate::router::dns::DnsOptions,
+    /// The DHCP server's configuration; `None` turns it off.
+    pub dhcp: Option<usernet_dhcp::ServerConfig>,
 }
 
 impl Config {
@@ -112,6 +114,10 @@ impl Config {
             verify_checksums: true,
             limits: Limits::default(),
             dns_options: Default::default(),
+            dhcp: Some(usernet_dhcp::ServerConfig {
+                mtu: Some(DEFAULT_MTU as u16),
+                ..usernet_dhcp::ServerConfig::slirp_default(network, prefix_len)
+            }),
         }
     }
 

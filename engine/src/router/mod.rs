@@ -27,6 +27,7 @@ pub mod tcp;
 pub mod udp;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,6 +104,8 @@ pub enum TimerKey {
     Frag,
     /// DNS relay retries.
     Dns,
+    /// DHCP lease expiry.
+    Dhcp,
 }
 
 /// Ordered deadlines; each owner has at most one entry (it remembers its own).
@@ -195,6 +198,9 @@ pub struct Router {
     /// DNS relay.
     pub dns: dns::DnsService,
     dns_deadline: Option<Instant>,
+    dhcp: Option<usernet_dhcp::Server>,
+    dhcp_deadline: Option<Instant>,
+    dhcp_out: Vec<u8>,
 }
 
 impl Router {
@@ -223,6 +229,15 @@ impl Router {
         };
         let tcp = tcp::TcpTable::new(&mut ctx, now);
         let dns = dns::DnsService::new(&ctx, now)?;
+        let dhcp = match ctx.cfg.dhcp.clone() {
+            Some(c) => Some(usernet_dhcp::Server::new(c).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("DHCP configuration: {e}"),
+                )
+            })?),
+            None => None,
+        };
         Ok(Router {
             frag: Reassembler::new(ctx.cfg.limits.max_reassembly),
             frag_deadline: None,
@@ -231,6 +246,9 @@ impl Router {
             icmp: icmp::IcmpTable::default(),
             dns,
             dns_deadline: None,
+            dhcp,
+            dhcp_deadline: None,
+            dhcp_out: vec![0u8; 1500],
             tcp,
             ctx,
         })
@@ -390,15 +408,16 @@ impl Router {
         }
     }
 
-    fn handle_udp(&mut self, now: Instant, ip: &[u8], _src_mac: [u8; 6]) {
+    fn handle_udp(&mut self, now: Instant, ip: &[u8], src_mac: [u8; 6]) {
         let Some(d) = udp::GuestDatagram::parse(&self.ctx.cfg, ip) else {
             self.ctx.drop(DropReason::UdpMalformed);
             return;
         };
-        if d.dst.port() == 67 && d.src.port() == 68 {
-            // The DHCP server plugs in here (issue: DHCP and DNS); until then such
-            // messages are counted and dropped.
-            self.ctx.drop(DropReason::DhcpDisabled);
+        if d.dst.port() == 67
+            && d.src.port() == 68
+            && (d.dst.ip().is_broadcast() || *d.dst.ip() == self.ctx.cfg.gateway)
+        {
+            self.handle_dhcp(now, d.payload, src_mac);
             return;
         }
         if d.src.ip().is_unspecified() {
@@ -411,6 +430,45 @@ impl Router {
             return;
         }
         self.udp.handle_guest(&mut self.ctx, now, &d, ip);
+    }
+
+    fn handle_dhcp(&mut self, now: Instant, msg: &[u8], src_mac: [u8; 6]) {
+        let Some(server) = self.dhcp.as_mut() else {
+            self.ctx.drop(DropReason::DhcpDisabled);
+            return;
+        };
+        match server.handle(now, src_mac, msg, &mut self.dhcp_out) {
+            usernet_dhcp::Outcome::Reply(r) => {
+                tracing::debug!(kind = ?r.message_type, dst = %r.dst_ip, "dhcp reply");
+                let src = SocketAddrV4::new(self.ctx.cfg.gateway, 67);
+                let dst = SocketAddrV4::new(r.dst_ip, 68);
+                if !self.ctx.emit.udp_to(
+                    &mut self.ctx.txq,
+                    r.dst_mac,
+                    src,
+                    dst,
+                    &self.dhcp_out[..r.len],
+                ) {
+                    self.ctx.drop(DropReason::TxQueueFull);
+                }
+            }
+            usernet_dhcp::Outcome::Ignored(reason) => {
+                tracing::debug!(?reason, "dhcp message ignored");
+                self.ctx.drop(DropReason::DhcpIgnored);
+            }
+        }
+        let next = self.dhcp.as_ref().and_then(|s| s.poll_at());
+        self.ctx
+            .timers
+            .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
+    }
+
+    /// The DHCP leases.
+    pub fn leases(&self) -> Vec<usernet_dhcp::LeaseInfo> {
+        self.dhcp
+            .as_ref()
+            .map(|s| s.leases().collect())
+            .unwrap_or_default()
     }
 
     fn sync_dns_timer(&mut self) {
@@ -478,6 +536,16 @@ impl Router {
                     self.ctx
                         .timers
                         .reschedule(TimerKey::Frag, &mut self.frag_deadline, next);
+                }
+                TimerKey::Dhcp => {
+                    self.dhcp_deadline = None;
+                    if let Some(s) = self.dhcp.as_mut() {
+                        s.expire(now);
+                    }
+                    let next = self.dhcp.as_ref().and_then(|s| s.poll_at());
+                    self.ctx
+                        .timers
+                        .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
                 }
                 TimerKey::Dns => {
                     self.dns_deadline = None;
