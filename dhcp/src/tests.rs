@@ -971,6 +971,20 @@ fn slirp_default_layout() {
 }
 
 #[test]
+fn slirp_default_never_panics_on_any_prefix() {
+    for net in [
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::new(10, 0, 2, 0),
+        Ipv4Addr::BROADCAST,
+    ] {
+        for p in 0..=40u8 {
+            let ok = Server::new(ServerConfig::slirp_default(net, p)).is_ok();
+            assert_eq!(ok, (1..=29).contains(&p), "{net}/{p}");
+        }
+    }
+}
+
+#[test]
 fn bad_configurations_are_refused_with_sentences() {
     let check = |f: &dyn Fn(&mut ServerConfig), want: &str| {
         let mut c = slirp();
@@ -1102,6 +1116,18 @@ fn header_prefix() -> Vec<u8> {
 }
 
 proptest! {
+    #[test]
+    fn cli_parsers_never_panic(s in "\\PC{0,40}", t in "[0-9a-fA-F:,.\\-smhd ]{0,40}") {
+        for input in [&s, &t] {
+            let _ = parse_range(input);
+            let _ = parse_host(input);
+            let _ = parse_mac(input);
+            if let Ok(d) = parse_lease_time(input) {
+                prop_assert!(d >= MIN_LEASE_TIME);
+            }
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..700)) {
         let mut h = H::new(slirp());
