@@ -6,6 +6,10 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+fn gateway(port: u16) -> SocketAddr {
+    SocketAddr::from((GATEWAY, port))
+}
 use usernet_tests::*;
 
 fn outside(port: u16) -> SocketAddr {
@@ -38,6 +42,8 @@ fn refused_connection_is_seen_fast() {
     }
 }
 
+/// Against slirp4netns 1.2.0 this passes or fails by timing: libslirp turns a host RST
+/// into a FIN when the socket error was already consumed by recv().
 #[test]
 fn reset_connection_is_seen_as_reset() {
     let s = Setup::configured(&[]);
@@ -255,9 +261,13 @@ const SLOW_LEN: usize = 20 * 1024 * 1024;
 
 /// Reads `len` bytes slowly: a 2 s stall at the start and in the middle, small reads.
 fn slow_read(c: &mut TcpStream, len: usize) -> io::Result<Vec<u8>> {
+    slow_read_after(c, len, Duration::from_secs(2))
+}
+
+fn slow_read_after(c: &mut TcpStream, len: usize, stall: Duration) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(len);
     let mut buf = vec![0u8; 16384];
-    thread::sleep(Duration::from_secs(2));
+    thread::sleep(stall);
     let mut paused = false;
     let mut n_reads = 0u32;
     loop {
@@ -288,13 +298,34 @@ fn slow_reader_in_guest() {
     // another flow must keep working while this one is stalled.
     let other = s.host.tcp_server("127.0.0.1:0", echo_handler);
     let port = srv.port();
+    let (ctx, crx) = mpsc::channel::<Instant>();
     let h = s.guest.spawn(move || -> io::Result<Vec<u8>> {
         let mut c = connect_tcp(outside(port), Duration::from_secs(10))?;
         c.set_read_timeout(Some(Duration::from_secs(60)))?;
-        slow_read(&mut c, SLOW_LEN)
+        let _ = ctx.send(Instant::now());
+        slow_read_after(&mut c, SLOW_LEN, Duration::from_secs(4))
     });
-    thread::sleep(Duration::from_millis(700));
+    let connected = crx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the slow reader never connected");
+    thread::sleep(Duration::from_millis(300));
     s.echo_roundtrip(SocketAddr::from((GATEWAY, other.port())), 22, 100_000);
+    // while the reader stalls, buffers are full and the engine must idle.
+    let cpu_a = s.engine.cpu_seconds();
+    thread::sleep(Duration::from_secs(1));
+    let cpu_b = s.engine.cpu_seconds();
+    let window_ok = connected.elapsed() < Duration::from_millis(3900);
+    if let (Some(a), Some(b), true) = (cpu_a, cpu_b, window_ok) {
+        assert!(
+            b - a < 0.3,
+            "engine used {:.2} s CPU in 1 s while the only busy flow was stalled",
+            b - a
+        );
+    } else {
+        panic!(
+            "could not measure the engine's CPU during the stall ({cpu_a:?}, {cpu_b:?}, window ok: {window_ok})"
+        );
+    }
     let got = h.join().expect("join").expect("slow read");
     assert_eq!(got.len(), SLOW_LEN, "bytes received");
     assert_eq!(sha256_hex(&got), sha256_hex(&pattern(21, SLOW_LEN)));
@@ -329,4 +360,67 @@ fn slow_reader_on_host() {
         .expect("server read");
     assert_eq!(got.len(), SLOW_LEN, "bytes received by the host");
     assert_eq!(sha256_hex(&got), sha256_hex(&data));
+}
+
+/// The guest resets a connection (SO_LINGER 0): the host side sees ECONNRESET.
+/// Fails against slirp4netns 1.2.0, which closes the host socket with a FIN.
+#[test]
+fn guest_reset_reaches_host() {
+    let s = Setup::configured(&[]);
+    let (tx, rx) = mpsc::channel::<Option<io::ErrorKind>>();
+    let tx = std::sync::Mutex::new(tx);
+    let srv = s.host.tcp_server("127.0.0.1:0", move |mut c: TcpStream| {
+        let mut b = [0u8; 4];
+        let _ = c.read_exact(&mut b);
+        let _ = c.write_all(b"ok");
+        let (_, err) = read_to_end_result(&mut c);
+        if let Ok(t) = tx.lock() {
+            let _ = t.send(err.map(|e| e.kind()));
+        }
+    });
+    s.guest
+        .run(|| -> io::Result<()> {
+            let mut c = connect_tcp(gateway(srv.port()), Duration::from_secs(10))?;
+            c.write_all(b"ping")?;
+            let mut b = [0u8; 2];
+            c.read_exact(&mut b)?;
+            socket_linger0(&c)?;
+            drop(c);
+            Ok(())
+        })
+        .expect("guest side");
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("host side never finished");
+    assert_eq!(
+        got,
+        Some(io::ErrorKind::ConnectionReset),
+        "the host should see the guest's RST as a reset (None = clean EOF)"
+    );
+}
+
+/// The host cannot reach the destination (an `unreachable` route inside the host
+/// namespace, so nothing leaves it): the guest's connect fails fast as unreachable.
+#[test]
+fn tcp_host_unreachable_is_reported() {
+    let s = Setup::configured(&[]);
+    s.host
+        .exec_ok(&["ip", "route", "add", "unreachable", "198.51.100.200/32"]);
+    let dst = SocketAddr::from(([198, 51, 100, 200], 80));
+    let start = Instant::now();
+    let r = s
+        .guest
+        .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(15)));
+    let took = start.elapsed();
+    match r {
+        Ok(_) => panic!("connect to {dst} (unreachable on the host) succeeded"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+            ),
+            "connect to {dst}: expected host/network unreachable, got {e} after {took:?}"
+        ),
+    }
+    assert!(took < Duration::from_secs(5), "unreachable took {took:?}");
 }

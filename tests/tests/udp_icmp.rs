@@ -87,3 +87,41 @@ fn udp_port_unreachable_reaches_guest() {
         b"x"
     );
 }
+
+/// Endpoint-independent mapping: a reply from another host port (and from 127.0.0.1 via
+/// the gateway mapping's flow to 198.51.100.1) reaches the guest's socket.
+#[test]
+fn udp_replies_from_any_source_reach_guest() {
+    let s = Setup::configured(&[]);
+    let server = s.host.udp_socket("198.51.100.1:0");
+    let other = s.host.udp_socket("198.51.100.1:0");
+    let sport = server.local_addr().expect("addr").port();
+    let oport = other.local_addr().expect("addr").port();
+    let guest = s.guest.udp_socket();
+    guest
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = vec![0u8; 2048];
+    let mut mapped = None;
+    for _ in 0..3 {
+        guest.send_to(b"hello", outside(sport)).expect("send");
+        if let Ok((n, from)) = server.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"hello");
+            mapped = Some(from);
+            break;
+        }
+    }
+    let mapped = mapped.expect("the host server never got the guest's datagram");
+    // reply from a different port of the host.
+    other
+        .send_to(b"from-other", mapped)
+        .expect("send from other");
+    let (n, from) = guest
+        .recv_from(&mut buf)
+        .expect("the reply from another source port never reached the guest");
+    assert_eq!(&buf[..n], b"from-other");
+    assert_eq!(from, outside(oport), "reply source as seen by the guest");
+}
