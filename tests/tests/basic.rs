@@ -237,3 +237,42 @@ fn rootless_shape() {
     let out = s.host.tcp_server("198.51.100.1:0", echo_handler);
     s.echo_roundtrip(outside(out.port()), 7, 1 << 20);
 }
+
+/// `--outbound-addr` as an address and as an interface name: the outside server sees the
+/// chosen source address (198.51.100.2, on ext0p inside the host namespace).
+#[test]
+fn outbound_addr_option() {
+    let host = HostNs::new();
+    host.exec_ok(&["ip", "addr", "add", "198.51.100.2/24", "dev", "ext0p"]);
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    let tx = std::sync::Mutex::new(tx);
+    let srv = host.tcp_server("198.51.100.1:0", move |mut c: std::net::TcpStream| {
+        if let (Ok(peer), Ok(t)) = (c.peer_addr(), tx.lock()) {
+            let _ = t.send(peer);
+        }
+        let _ = std::io::Write::write_all(&mut c, b"hi");
+    });
+    for (opt, want) in [
+        (None, [198, 51, 100, 1]),
+        (Some("--outbound-addr=198.51.100.2"), [198, 51, 100, 2]),
+        (Some("--outbound-addr=ext0p"), [198, 51, 100, 2]),
+    ] {
+        let guest = Guest::new(Owner::Root);
+        let extra: Vec<&str> = opt.into_iter().collect();
+        let engine = Engine::start(&host, &guest, &EngineOpts::configure(&extra));
+        let mut c = guest
+            .tcp_connect(outside(srv.port()))
+            .unwrap_or_else(|e| panic!("connect with {opt:?}: {e}"));
+        let (got, _) = read_to_end_result(&mut c);
+        assert_eq!(got, b"hi", "reply with {opt:?}");
+        let peer = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server saw no connection");
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::from(want),
+            "source address seen by the outside with {opt:?}"
+        );
+        drop(engine);
+    }
+}

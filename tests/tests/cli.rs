@@ -231,3 +231,79 @@ fn run_tcp_client_echo() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello-usernet");
     assert_eq!(srv.accepted(), 1);
 }
+
+#[test]
+fn version_option() {
+    let mut c = Command::new(engine_bin());
+    c.arg("--version");
+    let out = run_timeout(&mut c, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "--version exit status: {}",
+        out.status
+    );
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains("version")),
+        "--version should print a version line: {text}"
+    );
+}
+
+/// usernet-only (slirp4netns 1.2.0 has neither option).
+#[test]
+fn pid_file_and_log_file() {
+    let host = HostNs::new();
+    let guest = Guest::new(Owner::Root);
+    let pid_file = host.dir.join("engine.pid");
+    let log_file = host.dir.join("engine.log");
+    let opts = EngineOpts::configure(&[
+        &format!("--pid-file={}", pid_file.display()),
+        &format!("--log-file={}", log_file.display()),
+    ]);
+    let engine = Engine::start(&host, &guest, &opts);
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert_eq!(
+        pid.trim(),
+        engine.pid.to_string(),
+        "--pid-file should hold the engine's PID"
+    );
+    assert!(log_file.exists(), "--log-file should create the log file");
+}
+
+/// usernet-only. `usernet run` by an unprivileged user (uid 65534, with a 0666 /dev/net/tun in a private
+/// mount namespace, as on a normal machine): the rootless one-command sandbox.
+#[test]
+fn run_as_unprivileged_user() {
+    require_tool("curl");
+    let host = HostNs::new();
+    let srv = host.tcp_server("127.0.0.1:0", http_handler(72, 100_000));
+    let url = format!("http://10.0.2.2:{}/", srv.port());
+    let mut c = host.command("sh");
+    c.args([
+        "-c",
+        "mount -t tmpfs -o mode=0755 tmpfs /dev/net && \
+         mknod -m 0666 /dev/net/tun c 10 200 || exit 97; \
+         exec setpriv --reuid 65534 --regid 65534 --clear-groups \"$@\"",
+        "sh",
+    ]);
+    c.arg(engine_bin()).args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "id -u; curl -sS --fail --max-time 30 -o - \"$0\" | sha256sum",
+        &url,
+    ]);
+    let out = run_timeout(&mut c, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "unprivileged usernet run: {}; stdout: {stdout}; stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&sha256_hex(&pattern(72, 100_000))),
+        "download digest missing from: {stdout}"
+    );
+}
