@@ -72,8 +72,15 @@ pub struct NetArgs {
     // and hidden from --help (podman and rootlesskit probe --help for features).
     #[arg(short = '6', long = "enable-ipv6", hide = true)]
     pub enable_ipv6: bool,
-    #[arg(short = 'a', long = "api-socket", hide = true, value_name = "PATH")]
+    /// Serve the slirp4netns-compatible JSON API (port forwards, stats) on this UNIX socket
+    #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Forward a host port to the guest: [HOSTADDR:]HOSTPORT[-END]:[GUESTADDR:]GUESTPORT[-END][/tcp|/udp] (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "RULE", value_parser = parse_publish)]
+    pub publish: Vec<Vec<usernet_portfwd::RuleSpec>>,
+    /// Forward a host port, VirtualBox style: [NAME],tcp|udp,[HOSTIP],HOSTPORT,[GUESTIP],GUESTPORT (repeatable)
+    #[arg(long = "natpf", value_name = "RULE", value_parser = parse_natpf)]
+    pub natpf: Vec<usernet_portfwd::RuleSpec>,
     #[arg(long = "enable-sandbox", visible_alias = "create-sandbox", hide = true)]
     pub enable_sandbox: bool,
     #[arg(long = "enable-seccomp", hide = true)]
@@ -256,6 +263,14 @@ fn parse_dhcp_host(s: &str) -> Result<([u8; 6], Ipv4Addr), String> {
     usernet_dhcp::parse_host(s).map_err(|e| e.to_string())
 }
 
+fn parse_publish(s: &str) -> Result<Vec<usernet_portfwd::RuleSpec>, String> {
+    usernet_portfwd::parse_publish(s).map_err(|e| e.to_string())
+}
+
+fn parse_natpf(s: &str) -> Result<usernet_portfwd::RuleSpec, String> {
+    usernet_portfwd::parse_natpf(s).map_err(|e| e.to_string())
+}
+
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -311,7 +326,6 @@ impl NetArgs {
     pub fn check_supported(&self) -> Result<(), CliError> {
         let unsupported = [
             (self.enable_ipv6, "--enable-ipv6"),
-            (self.api_socket.is_some(), "--api-socket"),
             (self.enable_sandbox, "--enable-sandbox"),
             (self.enable_seccomp, "--enable-seccomp"),
         ];
@@ -323,6 +337,13 @@ impl NetArgs {
             }
         }
         Ok(())
+    }
+
+    /// Every forward rule of `-p` and `--natpf`, in order.
+    pub fn forward_rules(&self) -> Vec<usernet_portfwd::RuleSpec> {
+        let mut v: Vec<_> = self.publish.iter().flatten().cloned().collect();
+        v.extend(self.natpf.iter().cloned());
+        v
     }
 
     /// The engine configuration these options describe.
@@ -380,7 +401,7 @@ impl NetArgs {
             d.search = self.dns_search.clone();
             d.domain_name = self.domain.clone();
             // Validate now, so a bad range is reported as a command-line error.
-            usernet_dhcp::Server::new(d.clone()).map_err(|e| CliError(format!("DHCP: {e}")))?;
+            usernet_dhcp::Server::new(d.clone()).map_err(|e| CliError(e.to_string()))?;
         }
         Ok(cfg)
     }
@@ -443,7 +464,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.target, "1234");
         assert!(NsCli::try_parse_from(["usernet", "--netns-type=foo", "1"]).is_err());
-        let e = NsCli::try_parse_from(["usernet", "--api-socket", "/x", "1"]).unwrap();
+        let e = NsCli::try_parse_from(["usernet", "--enable-seccomp", "1"]).unwrap();
         assert!(e.net.to_config().is_err());
     }
 
@@ -461,4 +482,63 @@ mod tests {
         assert_eq!(r.net.mtu, 9000);
         assert_eq!(r.command.len(), 3);
     }
+}
+
+/// `usernet fwd add|list|remove --api-socket PATH ...`: a client of the API socket.
+#[derive(Parser, Debug)]
+#[command(
+    name = "usernet fwd",
+    about = "Add, list and remove port forwards of a running usernet through its API socket."
+)]
+pub struct FwdCli {
+    /// What to do
+    #[command(subcommand)]
+    pub action: FwdAction,
+}
+
+/// `usernet fwd` actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum FwdAction {
+    /// Add forwards (same syntax as -p: [HOSTADDR:]HOSTPORT[-END]:[GUESTADDR:]GUESTPORT[-END][/tcp|/udp])
+    Add {
+        /// The API socket of the running usernet
+        #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+        api_socket: PathBuf,
+        /// Rules to add
+        #[arg(required = true, value_name = "RULE", value_parser = parse_publish)]
+        rules: Vec<Vec<usernet_portfwd::RuleSpec>>,
+    },
+    /// List forwards
+    List {
+        /// The API socket of the running usernet
+        #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+        api_socket: PathBuf,
+        /// Print the raw JSON reply
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove forwards by id
+    Remove {
+        /// The API socket of the running usernet
+        #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+        api_socket: PathBuf,
+        /// Rule ids (as `list` shows them)
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<u32>,
+    },
+}
+
+/// `usernet stats --api-socket PATH`: print a running usernet's counters.
+#[derive(Parser, Debug)]
+#[command(
+    name = "usernet stats",
+    about = "Print the counters of a running usernet (frames, flows, drops, DHCP leases)."
+)]
+pub struct StatsCli {
+    /// The API socket of the running usernet
+    #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
+    pub api_socket: PathBuf,
+    /// Print the raw JSON
+    #[arg(long)]
+    pub json: bool,
 }

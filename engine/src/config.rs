@@ -92,6 +92,8 @@ pub struct Config {
     pub limits: Limits,
     /// DNS relay options.
     pub dns_options: crate::router::dns::DnsOptions,
+    /// The guest interface was configured by usernet (`--configure`, `usernet run`).
+    pub configured: bool,
     /// The DHCP server's configuration; `None` turns it off.
     pub dhcp: Option<usernet_dhcp::ServerConfig>,
 }
@@ -114,6 +116,7 @@ impl Config {
             verify_checksums: true,
             limits: Limits::default(),
             dns_options: Default::default(),
+            configured: false,
             dhcp: Some(usernet_dhcp::ServerConfig {
                 mtu: Some(DEFAULT_MTU as u16),
                 ..usernet_dhcp::ServerConfig::slirp_default(network, prefix_len)

@@ -15,7 +15,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::{Config, PORT_RX_BATCH};
+use crate::control::Command;
 use crate::port::Port;
+use crate::router::fwd::BoundListener;
 use crate::router::{Owner, Router};
 use crate::stats::{DropReason, Stats};
 
@@ -23,6 +25,8 @@ const PORT: Token = Token(0);
 const SIGNAL: Token = Token(1);
 const EXIT_FD: Token = Token(2);
 const CHILD: Token = Token(3);
+/// The control plane's waker.
+pub const WAKER: Token = Token(4);
 
 /// Why the loop ended.
 #[derive(Debug)]
@@ -67,17 +71,21 @@ pub struct LoopOptions {
     pub ready_fd: Option<OwnedFd>,
     /// `usernet run`: the child's pid and a pidfd that becomes readable when it exits.
     pub child: Option<(nix::unistd::Pid, OwnedFd)>,
+    /// Commands from the control plane (woken through [`WAKER`]).
+    pub commands: Option<std::sync::mpsc::Receiver<Command>>,
+    /// Forwards from the command line, already bound.
+    pub forwards: Vec<(u32, usernet_portfwd::RuleSpec, BoundListener)>,
 }
 
 /// Run the engine until a signal, the exit fd, the child's exit, or a fatal port error.
 pub fn run(
+    mut poll: Poll,
     cfg: Config,
     mut port: Box<dyn Port>,
     guest_mac: Option<[u8; 6]>,
     stats: Arc<Stats>,
     mut opts: LoopOptions,
 ) -> Result<Exit, EngineError> {
-    let mut poll = Poll::new().map_err(setup("cannot create the event loop"))?;
     let registry = poll
         .registry()
         .try_clone()
@@ -87,6 +95,12 @@ pub fn run(
         .map_err(setup("cannot start the router"))?;
     port.register(poll.registry(), PORT)
         .map_err(setup("cannot watch the guest interface"))?;
+    for (id, spec, listener) in std::mem::take(&mut opts.forwards) {
+        router
+            .fwd
+            .add(&mut router.ctx, id, spec, listener)
+            .map_err(setup("cannot watch a port-forward socket"))?;
+    }
 
     // Signals arrive through a self-pipe.
     let (sig_rx, sig_tx) =
@@ -178,6 +192,13 @@ pub fn run(
                     }
                 }
                 EXIT_FD => return Ok(Exit::ExitFd),
+                WAKER => {
+                    if let Some(rx) = &opts.commands {
+                        while let Ok(c) = rx.try_recv() {
+                            apply(&mut router, &stats, c);
+                        }
+                    }
+                }
                 CHILD => {
                     if let Some((pid, _)) = &opts.child {
                         let status = nix::sys::wait::waitpid(*pid, None);
@@ -253,6 +274,58 @@ pub fn run(
             }
         }
     }
+}
+
+fn apply(router: &mut Router, stats: &Stats, c: Command) {
+    match c {
+        Command::AddForward { id, spec, listener } => {
+            if let Err(e) = router.fwd.add(&mut router.ctx, id, spec, listener) {
+                tracing::warn!(id, error = %e, "cannot serve a port forward");
+            }
+        }
+        Command::RemoveForward { id } => {
+            router.fwd.remove(&mut router.ctx, id);
+        }
+        Command::Stats(tx) => {
+            let _ = tx.try_send(stats_json(router, stats));
+        }
+    }
+}
+
+/// The engine's counters, flows and leases as the `stats` API request answers them.
+pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
+    use serde_json::json;
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let drops: serde_json::Map<String, serde_json::Value> = stats
+        .drop_counts()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    let leases: Vec<serde_json::Value> = router
+        .leases()
+        .into_iter()
+        .map(|le| {
+            json!({
+                "addr": le.addr.to_string(),
+                "mac": usernet_dhcp::fmt_mac(le.mac),
+                "hostname": le.hostname,
+                "state": format!("{:?}", le.state).to_lowercase(),
+                "expires_in_secs": le.expires.saturating_duration_since(Instant::now()).as_secs(),
+            })
+        })
+        .collect();
+    json!({
+        "frames": { "from_guest": l(&stats.rx_frames), "to_guest": l(&stats.tx_frames) },
+        "bytes": { "from_guest": l(&stats.rx_bytes), "to_guest": l(&stats.tx_bytes) },
+        "flows": {
+            "tcp": { "open": l(&stats.flows_open[0]), "total": l(&stats.flows_total[0]) },
+            "udp": { "open": l(&stats.flows_open[1]), "total": l(&stats.flows_total[1]) },
+            "icmp": { "open": l(&stats.flows_open[2]), "total": l(&stats.flows_total[2]) },
+        },
+        "forwards": router.fwd.len(),
+        "drops": drops,
+        "dhcp_leases": leases,
+    })
 }
 
 /// Borrow a raw fd number the caller promises is open and ours to own.

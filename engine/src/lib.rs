@@ -17,7 +17,9 @@
 //! See ARCHITECTURE.md at the repository root for the data path and invariants.
 
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod frag;
 pub mod frames;

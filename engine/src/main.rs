@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use usernet_engine::cli::{NetArgs, NetnsTypeArg, NsCli, RunCli};
+use usernet_engine::cli::{FwdCli, NetArgs, NetnsTypeArg, NsCli, RunCli, StatsCli};
+use usernet_engine::control::{self, ApiSocket, Control, Rules};
 use usernet_engine::engine::{self, Exit, LoopOptions};
 use usernet_engine::ns::{self, IfConfig, NetnsType, TapTarget};
 use usernet_engine::port::TapPort;
@@ -17,10 +18,15 @@ use usernet_engine::stats::Stats;
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1).and_then(|a| a.to_str()) {
-        Some("run") => {
-            let mut rest = vec![OsString::from("usernet run")];
+        Some(sub @ ("run" | "fwd" | "stats")) => {
+            let sub = sub.to_string();
+            let mut rest = vec![OsString::from(format!("usernet {sub}"))];
             rest.extend(args.into_iter().skip(2));
-            cmd_run(RunCli::parse_from(rest))
+            match sub.as_str() {
+                "run" => cmd_run(RunCli::parse_from(rest)),
+                "fwd" => usernet_engine::client::cmd_fwd(FwdCli::parse_from(rest)),
+                _ => usernet_engine::client::cmd_stats(StatsCli::parse_from(rest)),
+            }
         }
         _ => cmd_ns(NsCli::parse_from(args)),
     };
@@ -76,6 +82,56 @@ fn if_config(cfg: &usernet_engine::config::Config, net: &NetArgs, configure: boo
     }
 }
 
+/// The event loop's poll, the control plane, the API socket and the command-line
+/// forwards. Call after every fork: the API server is a thread.
+struct ControlPlane {
+    poll: mio::Poll,
+    commands: std::sync::mpsc::Receiver<control::Command>,
+    forwards: Vec<(
+        u32,
+        usernet_portfwd::RuleSpec,
+        usernet_engine::router::fwd::BoundListener,
+    )>,
+    _api: Option<ApiSocket>,
+}
+
+fn control_plane(
+    net: &NetArgs,
+    cfg: &usernet_engine::config::Config,
+) -> anyhow::Result<ControlPlane> {
+    let poll =
+        mio::Poll::new().map_err(|e| anyhow::anyhow!("cannot create the event loop: {e}"))?;
+    let waker = Arc::new(
+        mio::Waker::new(poll.registry(), engine::WAKER)
+            .map_err(|e| anyhow::anyhow!("cannot create the event loop: {e}"))?,
+    );
+    let (ctl, commands) = Control::new(waker);
+    let rules = Arc::new(Rules::new(cfg.guest));
+    let mut forwards = Vec::new();
+    for spec in net.forward_rules() {
+        let (id, l) = rules.add(spec.clone())?;
+        forwards.push((id, spec, l));
+    }
+    let api = match &net.api_socket {
+        Some(path) => {
+            let (listener, guard) = control::bind_api_socket(path).map_err(|e| {
+                anyhow::anyhow!("cannot create the API socket {}: {e}", path.display())
+            })?;
+            control::spawn_api(listener, rules, ctl)
+                .map_err(|e| anyhow::anyhow!("cannot start the API thread: {e}"))?;
+            tracing::info!(path = %path.display(), "API socket listening");
+            Some(guard)
+        }
+        None => None,
+    };
+    Ok(ControlPlane {
+        poll,
+        commands,
+        forwards,
+        _api: api,
+    })
+}
+
 fn exit_code(exit: Exit) -> ExitCode {
     match exit {
         Exit::Signal(_) | Exit::ExitFd => ExitCode::SUCCESS,
@@ -116,12 +172,16 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
     // Still single-threaded here: the helper can join user namespaces.
     let tap = ns::open_tap(&target, &if_config(&cfg, &cli.net, cli.configure))?;
     write_pid_file(&cli.net)?;
+    let mut cfg = cfg;
+    cfg.configured = cli.configure;
+    let cp = control_plane(&cli.net, &cfg)?;
     tracing::info!(
         target = %cli.target, tap = %cli.tap_name, mtu = cfg.mtu,
         network = %format!("{}/{}", cfg.network, cfg.prefix_len), "TAP open"
     );
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
+        cp.poll,
         cfg,
         Box::new(TapPort::new(tap.fd)),
         Some(tap.mac),
@@ -130,8 +190,11 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
             exit_fd,
             ready_fd,
             child: None,
+            commands: Some(cp.commands),
+            forwards: cp.forwards,
         },
     )?;
+    drop(cp._api);
     log_summary(&stats);
     Ok(exit_code(exit))
 }
@@ -166,9 +229,13 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
         .try_clone()
         .map_err(|e| anyhow::anyhow!("cannot duplicate the TAP descriptor: {e}"))?;
     let mac = child.tap.mac;
+    let mut cfg = cfg;
+    cfg.configured = true;
+    let cp = control_plane(&cli.net, &cfg)?;
     child.start()?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
+        cp.poll,
         cfg,
         Box::new(TapPort::new(fd)),
         Some(mac),
@@ -177,8 +244,11 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
             exit_fd: None,
             ready_fd: None,
             child: Some((pid, pidfd)),
+            commands: Some(cp.commands),
+            forwards: cp.forwards,
         },
     )?;
+    drop(cp._api);
     log_summary(&stats);
     Ok(exit_code(exit))
 }

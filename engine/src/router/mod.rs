@@ -22,6 +22,7 @@
 //! flows live in one ordered set, so expiry never scans the tables.
 
 pub mod dns;
+pub mod fwd;
 pub mod icmp;
 pub mod tcp;
 pub mod udp;
@@ -61,6 +62,10 @@ pub enum Owner {
     IcmpRaw,
     /// The DNS relay's upstream socket (0: IPv4, 1: IPv6).
     DnsUpstream(usize),
+    /// A TCP port-forward listener (rule id).
+    FwdTcp(usize),
+    /// A UDP port-forward socket (rule id).
+    FwdUdp(usize),
 }
 
 impl Owner {
@@ -72,6 +77,8 @@ impl Owner {
             Owner::Icmp(i) => (3, i),
             Owner::IcmpRaw => (4, 0),
             Owner::DnsUpstream(i) => (5, i),
+            Owner::FwdTcp(i) => (6, i),
+            Owner::FwdUdp(i) => (7, i),
         };
         Token(ROUTER_TOKEN_BASE + ((k as usize) << KIND_SHIFT) + i)
     }
@@ -86,6 +93,8 @@ impl Owner {
             3 => Owner::Icmp(i),
             4 => Owner::IcmpRaw,
             5 => Owner::DnsUpstream(i),
+            6 => Owner::FwdTcp(i),
+            7 => Owner::FwdUdp(i),
             _ => return None,
         })
     }
@@ -106,6 +115,8 @@ pub enum TimerKey {
     Dns,
     /// DHCP lease expiry.
     Dhcp,
+    /// A UDP port-forward client's idle expiry.
+    FwdUdp(usize),
 }
 
 /// Ordered deadlines; each owner has at most one entry (it remembers its own).
@@ -201,6 +212,9 @@ pub struct Router {
     dhcp: Option<usernet_dhcp::Server>,
     dhcp_deadline: Option<Instant>,
     dhcp_out: Vec<u8>,
+    /// Port forwards.
+    pub fwd: fwd::Forwards,
+    accepted: Vec<(mio::net::TcpStream, SocketAddrV4, SocketAddrV4)>,
 }
 
 impl Router {
@@ -249,6 +263,8 @@ impl Router {
             dhcp,
             dhcp_deadline: None,
             dhcp_out: vec![0u8; 1500],
+            fwd: fwd::Forwards::default(),
+            accepted: Vec::new(),
             tcp,
             ctx,
         })
@@ -424,6 +440,9 @@ impl Router {
             self.ctx.drop(DropReason::Ipv4BadSource);
             return;
         }
+        if self.fwd.udp_reply(now, d.src, d.dst, d.payload) {
+            return;
+        }
         if *d.dst.ip() == self.ctx.cfg.dns && d.dst.port() == 53 && self.ctx.cfg.enable_dns {
             self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
             self.sync_dns_timer();
@@ -453,14 +472,29 @@ impl Router {
                 }
             }
             usernet_dhcp::Outcome::Ignored(reason) => {
-                tracing::debug!(?reason, "dhcp message ignored");
-                self.ctx.drop(DropReason::DhcpIgnored);
+                use usernet_dhcp::IgnoreReason::{Declined, Released};
+                tracing::debug!(?reason, "dhcp message handled without reply");
+                if !matches!(reason, Released | Declined) {
+                    self.ctx.drop(DropReason::DhcpIgnored);
+                }
             }
         }
         let next = self.dhcp.as_ref().and_then(|s| s.poll_at());
         self.ctx
             .timers
             .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
+    }
+
+    /// Where forwards without a guest address go: the `--configure` address, else the
+    /// address the guest leased by DHCP, else network + 100.
+    pub fn default_guest(&self) -> std::net::Ipv4Addr {
+        if !self.ctx.cfg.configured {
+            let mac = self.ctx.emit.guest_mac;
+            if let Some(a) = self.dhcp.as_ref().and_then(|s| s.lease_for_mac(mac)) {
+                return a;
+            }
+        }
+        self.ctx.cfg.guest
     }
 
     /// The DHCP leases.
@@ -496,6 +530,20 @@ impl Router {
                 self.dns.upstream_readable(&mut self.ctx, now, i);
                 self.sync_dns_timer();
             }
+            Owner::FwdTcp(id) => {
+                let (guest, gw) = (self.default_guest(), self.ctx.cfg.gateway);
+                let mut acc = std::mem::take(&mut self.accepted);
+                self.fwd.accept(id as u32, guest, gw, &mut acc);
+                for (stream, guest, seen) in acc.drain(..) {
+                    self.tcp
+                        .open_forward(&mut self.ctx, now, stream, guest, seen);
+                }
+                self.accepted = acc;
+            }
+            Owner::FwdUdp(id) => {
+                let guest = self.default_guest();
+                self.fwd.udp_readable(&mut self.ctx, now, id as u32, guest);
+            }
         }
     }
 
@@ -508,11 +556,13 @@ impl Router {
     pub fn tx_drained(&mut self, now: Instant) {
         self.tcp.resume_blocked(&mut self.ctx, now);
         self.udp.resume_blocked(&mut self.ctx, now);
+        let guest = self.default_guest();
+        self.fwd.resume_blocked(&mut self.ctx, now, guest);
     }
 
     /// Whether a flow or reader waits for room in the frame queue.
     pub fn has_blocked(&self) -> bool {
-        self.tcp.has_blocked() || self.udp.has_blocked()
+        self.tcp.has_blocked() || self.udp.has_blocked() || self.fwd.has_blocked()
     }
 
     /// The earliest deadline of any flow or service.
@@ -547,6 +597,7 @@ impl Router {
                         .timers
                         .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
                 }
+                TimerKey::FwdUdp(i) => self.fwd.timer(&mut self.ctx, now, i),
                 TimerKey::Dns => {
                     self.dns_deadline = None;
                     self.dns.on_timeout(&mut self.ctx, now);

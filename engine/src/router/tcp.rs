@@ -61,7 +61,11 @@ pub struct TcpKey {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
+    /// Guest-initiated: the host connect is in flight (counts toward the half-open cap).
     Connecting,
+    /// Host-initiated (a port forward): smoltcp's SYN to the guest is in flight.
+    GuestConnecting,
+    /// Data may flow.
     Open,
 }
 
@@ -170,6 +174,7 @@ pub struct TcpTable {
     half_open: usize,
     dirty: Vec<usize>,
     blocked: Vec<usize>,
+    next_port: u16,
 }
 
 fn dev<'a>(ctx: &'a mut Ctx, caps: &'a DeviceCapabilities, rx: Option<&'a [u8]>) -> FlowDev<'a> {
@@ -225,6 +230,7 @@ impl TcpTable {
             half_open: 0,
             dirty: Vec::new(),
             blocked: Vec::new(),
+            next_port: 40000,
         }
     }
 
@@ -387,6 +393,94 @@ impl TcpTable {
         self.update_timer(ctx, now, idx);
     }
 
+    /// A connection accepted by a port forward: open its guest side toward `guest`,
+    /// from `seen` (the client as the guest sees it).
+    pub fn open_forward(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        mut host: mio::net::TcpStream,
+        guest: SocketAddrV4,
+        seen: SocketAddrV4,
+    ) {
+        if self.flows.len() >= ctx.cfg.limits.max_tcp_flows {
+            ctx.drop(DropReason::TcpTableFull);
+            let _ = socket2::SockRef::from(&host).set_linger(Some(Duration::ZERO));
+            return;
+        }
+        // The client's own port when free, else an unused one.
+        let mut key = TcpKey {
+            guest,
+            remote: seen,
+        };
+        let mut tries = 0;
+        while self.map.contains_key(&key) || key.remote.port() == 0 {
+            if tries == 64 {
+                ctx.drop(DropReason::TcpTableFull);
+                return;
+            }
+            tries += 1;
+            self.next_port = if self.next_port >= 60999 {
+                40000
+            } else {
+                self.next_port + 1
+            };
+            key.remote.set_port(self.next_port);
+        }
+        let n = ctx.cfg.limits.tcp_buffer;
+        let mut sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; n]),
+            tcp::SocketBuffer::new(vec![0u8; n]),
+        );
+        sock.set_nagle_enabled(false);
+        let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
+        let local = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(*key.remote.ip())),
+            port: key.remote.port(),
+        };
+        if let Err(e) = sock.connect(self.iface.context(), remote, local) {
+            tracing::debug!(error = %e, %guest, "cannot open a forwarded connection");
+            return;
+        }
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        let idx = self.flows.vacant_key();
+        if ctx
+            .registry
+            .register(
+                &mut host,
+                Owner::Tcp(idx).token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        self.flows.insert(TcpFlow {
+            key,
+            set,
+            handle,
+            host,
+            phase: Phase::GuestConnecting,
+            started: now,
+            last_active: now,
+            syn: [0u8; SYN_QUOTE],
+            syn_len: 0,
+            host_readable: true,
+            host_writable: true,
+            host_eof: false,
+            host_wr_shut: false,
+            guest_fin: false,
+            dirty: false,
+            tx_blocked: false,
+            deadline: None,
+        });
+        self.map.insert(key, idx);
+        ctx.stats.flow_opened(FlowKind::Tcp);
+        tracing::debug!(flow = idx, %guest, client = %key.remote, "tcp flow: forwarded connection");
+        self.mark_dirty(idx);
+    }
+
     /// Readiness of a flow's host socket.
     pub fn host_event(&mut self, idx: usize, readable: bool, writable: bool) {
         if let Some(f) = self.flows.get_mut(idx) {
@@ -406,7 +500,8 @@ impl TcpTable {
             self.connect_failed(ctx, now, idx, io::Error::from_raw_os_error(libc::ETIMEDOUT));
             return;
         }
-        if f.phase == Phase::Open && now >= f.last_active + TCP_IDLE_TIMEOUT {
+        let stuck = f.phase == Phase::GuestConnecting && now >= f.started + TCP_CONNECT_TIMEOUT;
+        if stuck || (f.phase == Phase::Open && now >= f.last_active + TCP_IDLE_TIMEOUT) {
             tracing::debug!(flow = idx, "tcp flow idle: reset");
             f.set.get_mut::<tcp::Socket>(f.handle).abort();
         }
@@ -465,7 +560,12 @@ impl TcpTable {
                 },
             }
         }
-        if f.phase == Phase::Open {
+        if f.phase == Phase::GuestConnecting
+            && f.set.get::<tcp::Socket>(f.handle).state() == tcp::State::Established
+        {
+            f.phase = Phase::Open;
+        }
+        if f.phase != Phase::Connecting {
             pump_guest_to_host(f);
             pump_host_to_guest(f);
         }
@@ -492,7 +592,9 @@ impl TcpTable {
         ) {
             f.guest_fin = true;
         }
-        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) && f.phase == Phase::Open {
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait)
+            && f.phase != Phase::Connecting
+        {
             let graceful = f.host_eof && f.guest_fin;
             self.release(ctx, idx, graceful);
             return;
@@ -506,7 +608,7 @@ impl TcpTable {
         };
         let smol_now = ctx.smol_now(now);
         let mut next = match f.phase {
-            Phase::Connecting => f.started + TCP_CONNECT_TIMEOUT,
+            Phase::Connecting | Phase::GuestConnecting => f.started + TCP_CONNECT_TIMEOUT,
             Phase::Open => f.last_active + TCP_IDLE_TIMEOUT,
         };
         if let Some(t) = self.iface.poll_at(smol_now, &f.set) {

@@ -102,7 +102,7 @@ impl Default for UdpTable {
 }
 
 /// Frames a largest datagram needs at this MTU (so reading stops before the queue overflows).
-fn frames_per_datagram(mtu: usize) -> usize {
+pub(crate) fn frames_per_datagram(mtu: usize) -> usize {
     let per = (mtu.saturating_sub(20)) & !7;
     if per == 0 {
         1

@@ -1,0 +1,274 @@
+//! The control plane: the slirp4netns-compatible API socket, the port-forward rule
+//! registry, and the commands it sends to the engine thread.
+//!
+//! # Theory of operation
+//! The API socket is served by its own thread so that a slow or hostile client never
+//! stops the data path; each client gets a short-lived thread, at most
+//! [`MAX_API_CLIENTS`] at once, and [`API_READ_TIMEOUT`] to send its request. A request
+//! is read until the client's EOF (or until it is a complete JSON object), so one split
+//! across several writes works; requests are parsed and validated by the sans-IO
+//! `usernet_portfwd::api`. The rule table lives here behind a mutex (the engine never
+//! reads it): an `add_hostfwd` checks the table, binds the host socket (so "address in
+//! use" is answered at once), inserts the rule and sends the bound socket to the engine
+//! over a bounded channel, waking its loop. The engine owns every fd from then on.
+
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use usernet_portfwd::api::{self, ApiError, Request, RequestReader};
+use usernet_portfwd::serde_json::Value;
+use usernet_portfwd::{Rule, RuleSpec, Table};
+
+use crate::router::fwd::{self, BoundListener};
+
+/// API clients served at once; more are answered with an error and closed.
+pub const MAX_API_CLIENTS: usize = 16;
+/// Time a client has to send its whole request.
+pub const API_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands waiting for the engine.
+pub const COMMAND_QUEUE: usize = 64;
+/// Time the API waits for the engine to answer a stats request.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request from the control plane to the engine thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Serve a new forward on this bound socket.
+    AddForward {
+        /// Rule id.
+        id: u32,
+        /// The rule.
+        spec: RuleSpec,
+        /// Its host socket.
+        listener: BoundListener,
+    },
+    /// Stop serving a forward.
+    RemoveForward {
+        /// Rule id.
+        id: u32,
+    },
+    /// Send the counters, flows and leases as JSON.
+    Stats(SyncSender<Value>),
+}
+
+/// The sending side: a bounded channel plus the engine's waker.
+#[derive(Clone)]
+pub struct Control {
+    tx: SyncSender<Command>,
+    waker: Arc<mio::Waker>,
+}
+
+impl Control {
+    /// A channel to the engine whose loop `waker` wakes.
+    pub fn new(waker: Arc<mio::Waker>) -> (Control, Receiver<Command>) {
+        let (tx, rx) = sync_channel(COMMAND_QUEUE);
+        (Control { tx, waker }, rx)
+    }
+
+    /// Send a command (blocks while the queue is full) and wake the engine.
+    pub fn send(&self, c: Command) -> bool {
+        let ok = self.tx.send(c).is_ok();
+        let _ = self.waker.wake();
+        ok
+    }
+}
+
+/// The port-forward rules, shared by the CLI setup and the API thread.
+pub struct Rules {
+    table: Mutex<Table>,
+    /// Shown as the guest address of rules that name none.
+    pub default_guest: Ipv4Addr,
+}
+
+/// Why a rule could not be added: a sentence for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AddError(pub String);
+
+impl Rules {
+    /// An empty registry.
+    pub fn new(default_guest: Ipv4Addr) -> Rules {
+        Rules {
+            table: Mutex::new(Table::new()),
+            default_guest,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Check, bind and record a rule; returns its id and bound socket.
+    pub fn add(&self, spec: RuleSpec) -> Result<(u32, BoundListener), AddError> {
+        let mut t = self.lock();
+        t.check(&spec).map_err(|e| AddError(e.to_string()))?;
+        let listener = fwd::bind(&spec).map_err(|e| {
+            AddError(format!(
+                "cannot listen on {} port {} for port forward {spec}: {e}",
+                spec.proto, spec.host_port
+            ))
+        })?;
+        let id = t.insert(spec).map_err(|e| AddError(e.to_string()))?;
+        Ok((id, listener))
+    }
+
+    /// Forget a rule.
+    pub fn remove(&self, id: u32) -> bool {
+        self.lock().remove(id).is_some()
+    }
+
+    /// All rules, by id.
+    pub fn list(&self) -> Vec<Rule> {
+        self.lock().list().cloned().collect()
+    }
+}
+
+/// The API socket; its file is removed when this is dropped.
+pub struct ApiSocket {
+    path: PathBuf,
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Create the API socket at `path` (an existing socket file is replaced), readable and
+/// writable by its owner only.
+pub fn bind_api_socket(path: &Path) -> io::Result<(UnixListener, ApiSocket)> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if m.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    // Bind with a restrictive umask so the socket never exists with wider permissions.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let r = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = r?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok((
+        l,
+        ApiSocket {
+            path: path.to_path_buf(),
+        },
+    ))
+}
+
+/// Serve the API on `listener` in a thread of its own.
+pub fn spawn_api(
+    listener: UnixListener,
+    rules: Arc<Rules>,
+    ctl: Control,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("usernet-api".into())
+        .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                if active.load(Ordering::Acquire) >= MAX_API_CLIENTS {
+                    let _ = conn
+                        .write_all(&api::reply_error("too many API clients at once; try again"));
+                    continue;
+                }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (rules, ctl, active) = (rules.clone(), ctl.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("usernet-api-client".into())
+                    .spawn(move || {
+                        serve_client(&mut conn, &rules, &ctl);
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("cannot start a thread for an API client");
+                }
+            }
+        })
+}
+
+fn serve_client(conn: &mut UnixStream, rules: &Rules, ctl: &Control) {
+    let _ = conn.set_read_timeout(Some(API_READ_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(API_READ_TIMEOUT));
+    let reply = match read_request(conn) {
+        Ok(req) => handle(req, rules, ctl),
+        Err(e) => {
+            tracing::debug!(error = %e.desc(), "bad API request");
+            e.reply()
+        }
+    };
+    let _ = conn.write_all(&reply);
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+}
+
+fn read_request(conn: &mut UnixStream) -> Result<Request, ApiError> {
+    let mut reader = RequestReader::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reader.push(&buf[..n])?;
+                if reader.is_complete() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A timeout: parse what arrived (an incomplete request gets a parse error).
+            Err(_) => break,
+        }
+    }
+    reader.finish()
+}
+
+fn handle(req: Request, rules: &Rules, ctl: &Control) -> Vec<u8> {
+    match req {
+        Request::AddHostfwd(spec) => match rules.add(spec.clone()) {
+            Ok((id, listener)) => {
+                ctl.send(Command::AddForward { id, spec, listener });
+                api::reply_add(id)
+            }
+            Err(e) => {
+                tracing::warn!("add_hostfwd: {e}");
+                ApiError::AddFailed.reply()
+            }
+        },
+        Request::ListHostfwd => api::reply_list(&rules.list(), Some(rules.default_guest.into())),
+        Request::RemoveHostfwd { id } => {
+            if rules.remove(id) {
+                ctl.send(Command::RemoveForward { id });
+                api::reply_remove()
+            } else {
+                ApiError::RemoveBadId.reply()
+            }
+        }
+        Request::Stats => {
+            let (tx, rx) = sync_channel(1);
+            ctl.send(Command::Stats(tx));
+            match rx.recv_timeout(STATS_TIMEOUT) {
+                Ok(v) => api::reply_stats(&v),
+                Err(_) => api::reply_error("the engine did not answer in time"),
+            }
+        }
+    }
+}
+
+/// The client side of the API: send one request, read the whole reply.
+pub fn call(path: &Path, request: &[u8]) -> io::Result<Vec<u8>> {
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
