@@ -80,6 +80,10 @@ pub struct Config {
     pub mtu: u32,
     /// Refuse every guest flow to the host's loopback.
     pub disable_host_loopback: bool,
+    /// Guest flows may leave through host sockets at all. Off, every TCP/UDP/ICMP flow
+    /// to the host or beyond is refused (the building block of internal networks, and
+    /// what the frame-pipeline fuzz target runs with so that it never opens a socket).
+    pub outbound: bool,
     /// Answer DNS on `dns`.
     pub enable_dns: bool,
     /// Source address for outbound IPv4 sockets.
@@ -110,6 +114,7 @@ impl Config {
             guest: Ipv4Addr::from(base + 100),
             mtu: DEFAULT_MTU,
             disable_host_loopback: false,
+            outbound: true,
             enable_dns: true,
             outbound_addr: None,
             outbound_addr6: None,

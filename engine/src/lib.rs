@@ -23,6 +23,7 @@ pub mod control;
 pub mod engine;
 pub mod frag;
 pub mod frames;
+pub mod fuzz;
 pub mod host;
 pub mod nat;
 pub mod ns;

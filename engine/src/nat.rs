@@ -34,10 +34,19 @@ pub enum Refusal {
     DnsDisabled,
     /// Not routable at all: multicast, loopback, unspecified, other addresses of the virtual network (drop).
     Unroutable,
+    /// Outbound flows are off (`Config::outbound`): answer RST / port unreachable.
+    NoOutbound,
 }
 
 /// Decide where a guest flow to `dst` goes.
 pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
+    match from_guest_unchecked(cfg, proto, dst) {
+        Ok(Target::Host(_)) if !cfg.outbound => Err(Refusal::NoOutbound),
+        r => r,
+    }
+}
+
+fn from_guest_unchecked(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
     let ip = *dst.ip();
     let loopback = |port: u16| {
         if cfg.disable_host_loopback {
@@ -110,6 +119,8 @@ mod tests {
         let cfg = Config::default();
         let mut off = Config::default();
         off.disable_host_loopback = true;
+        let mut closed = Config::default();
+        closed.outbound = false;
         let mut nodns = Config::default();
         nodns.enable_dns = false;
         let host = |s: &str| Ok(Target::Host(SocketAddr::V4(sa(s))));
@@ -156,6 +167,14 @@ mod tests {
             (&off, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
             (&off, Proto::Tcp, "198.51.100.1:80", host("198.51.100.1:80")),
             (&nodns, Proto::Udp, "10.0.2.3:53", Err(Refusal::DnsDisabled)),
+            (
+                &closed,
+                Proto::Tcp,
+                "198.51.100.1:80",
+                Err(Refusal::NoOutbound),
+            ),
+            (&closed, Proto::Udp, "10.0.2.2:53", Err(Refusal::NoOutbound)),
+            (&closed, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
         ];
         for (c, p, dst, want) in cases {
             assert_eq!(from_guest(c, *p, sa(dst)), *want, "{p:?} {dst}");

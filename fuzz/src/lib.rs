@@ -1,1 +1,21 @@
-//! Fuzz entry points: one pub fn per target, replayed by cargo test.
+//! Fuzz targets of usernet: one per parser of guest- or user-controlled bytes, and one
+//! for the whole frame pipeline.
+//!
+//! Each target is a thin wrapper over a `pub fn` in the crate that owns the parser, so
+//! that the same function runs under libFuzzer (`cargo fuzz run NAME`, binaries in
+//! `fuzz_targets/`, feature `libfuzzer`) and under plain `cargo test`, which replays
+//! every file of `corpus/NAME/` (tests/corpus.rs).
+
+/// Every target: its name (the corpus directory and binary name) and entry point.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("dhcpv4", usernet_dhcp::fuzz::dhcpv4),
+    ("dns_message", usernet_dns::fuzz::dns_message),
+    ("portfwd_rule", usernet_portfwd::fuzz::rule),
+    ("api_request", usernet_portfwd::fuzz::api_request),
+    ("frame_pipeline", usernet_engine::fuzz::frame_pipeline),
+];
+
+/// Look a target up by name.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+}
