@@ -132,7 +132,7 @@ impl Reassembler {
         let data = pkt.payload();
         let end = off + data.len();
         let more = pkt.more_frags();
-        if end > MAX_PAYLOAD || (more && (data.is_empty() || data.len() % 8 != 0)) {
+        if end > MAX_PAYLOAD || (more && (data.is_empty() || !data.len().is_multiple_of(8))) {
             self.discard(key);
             return FragOutcome::Dropped(DropReason::FragmentInvalid);
         }

@@ -27,9 +27,11 @@ pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
     let Ok(registry) = poll.registry().try_clone() else {
         return;
     };
-    let mut cfg = Config::default();
-    cfg.outbound = false;
-    cfg.verify_checksums = false;
+    let mut cfg = Config {
+        outbound: false,
+        verify_checksums: false,
+        ..Config::default()
+    };
     cfg.dns_options.upstreams = Upstreams::Fixed(Vec::new());
     cfg.limits.max_reassembly = 8;
     let stats = Arc::new(Stats::default());

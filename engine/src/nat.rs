@@ -117,12 +117,18 @@ mod tests {
     #[test]
     fn table() {
         let cfg = Config::default();
-        let mut off = Config::default();
-        off.disable_host_loopback = true;
-        let mut closed = Config::default();
-        closed.outbound = false;
-        let mut nodns = Config::default();
-        nodns.enable_dns = false;
+        let off = Config {
+            disable_host_loopback: true,
+            ..Config::default()
+        };
+        let closed = Config {
+            outbound: false,
+            ..Config::default()
+        };
+        let nodns = Config {
+            enable_dns: false,
+            ..Config::default()
+        };
         let host = |s: &str| Ok(Target::Host(SocketAddr::V4(sa(s))));
         let cases: &[(&Config, Proto, &str, Result<Target, Refusal>)] = &[
             (&cfg, Proto::Tcp, "10.0.2.2:80", host("127.0.0.1:80")),
@@ -184,8 +190,10 @@ mod tests {
     #[test]
     fn sources() {
         let cfg = Config::default();
-        let mut off = Config::default();
-        off.disable_host_loopback = true;
+        let off = Config {
+            disable_host_loopback: true,
+            ..Config::default()
+        };
         let s = |x: &str| -> SocketAddr { x.parse().unwrap() };
         assert_eq!(
             to_guest_source(&cfg, s("127.0.0.1:80")),

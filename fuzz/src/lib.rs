@@ -6,8 +6,11 @@
 //! `fuzz_targets/`, feature `libfuzzer`) and under plain `cargo test`, which replays
 //! every file of `corpus/NAME/` (tests/corpus.rs).
 
+/// A target's entry point.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the corpus directory and binary name) and entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("dhcpv4", usernet_dhcp::fuzz::dhcpv4),
     ("dns_message", usernet_dns::fuzz::dns_message),
     ("portfwd_rule", usernet_portfwd::fuzz::rule),
@@ -16,6 +19,6 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// Look a target up by name.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Entry> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }

@@ -250,11 +250,11 @@ impl TcpTable {
     }
 
     fn mark_dirty(&mut self, idx: usize) {
-        if let Some(f) = self.flows.get_mut(idx) {
-            if !f.dirty {
-                f.dirty = true;
-                self.dirty.push(idx);
-            }
+        if let Some(f) = self.flows.get_mut(idx)
+            && !f.dirty
+        {
+            f.dirty = true;
+            self.dirty.push(idx);
         }
     }
 
