@@ -16,6 +16,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the data path and invariants.
 
+pub mod app;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -7,11 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-use usernet_engine::cli::{FwdCli, NetArgs, NetnsTypeArg, NsCli, RunCli, StatsCli};
-use usernet_engine::control::{self, ApiSocket, Control, Rules};
-use usernet_engine::engine::{self, Exit, LoopOptions};
-use usernet_engine::ns::{self, IfConfig, NetnsType, TapTarget};
+use usernet_engine::app::{
+    control_plane, exit_code, if_config, init_logging, log_summary, write_pid_file,
+};
+use usernet_engine::cli::{FwdCli, NetnsTypeArg, NsCli, RunCli, StatsCli};
+use usernet_engine::engine::{self, LoopOptions};
+use usernet_engine::ns::{self, NetnsType, TapTarget};
 use usernet_engine::port::TapPort;
 use usernet_engine::stats::Stats;
 
@@ -37,105 +38,6 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stderr(), "usernet: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(net: &NetArgs) -> anyhow::Result<()> {
-    let default = if net.debug { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("USERNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    match &net.log_file {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", p.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
-}
-
-fn write_pid_file(net: &NetArgs) -> anyhow::Result<()> {
-    if let Some(p) = &net.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .map_err(|e| anyhow::anyhow!("cannot write the PID file {}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
-fn if_config(cfg: &usernet_engine::config::Config, net: &NetArgs, configure: bool) -> IfConfig {
-    IfConfig {
-        configure,
-        addr: cfg.guest,
-        prefix_len: cfg.prefix_len,
-        gateway: cfg.gateway,
-        mtu: cfg.mtu,
-        mac: net.macaddress.map(|m| m.0),
-    }
-}
-
-/// The event loop's poll, the control plane, the API socket and the command-line
-/// forwards. Call after every fork: the API server is a thread.
-struct ControlPlane {
-    poll: mio::Poll,
-    commands: std::sync::mpsc::Receiver<control::Command>,
-    forwards: Vec<(
-        u32,
-        usernet_portfwd::RuleSpec,
-        usernet_engine::router::fwd::BoundListener,
-    )>,
-    _api: Option<ApiSocket>,
-}
-
-fn control_plane(
-    net: &NetArgs,
-    cfg: &usernet_engine::config::Config,
-) -> anyhow::Result<ControlPlane> {
-    let poll =
-        mio::Poll::new().map_err(|e| anyhow::anyhow!("cannot create the event loop: {e}"))?;
-    let waker = Arc::new(
-        mio::Waker::new(poll.registry(), engine::WAKER)
-            .map_err(|e| anyhow::anyhow!("cannot create the event loop: {e}"))?,
-    );
-    let (ctl, commands) = Control::new(waker);
-    let rules = Arc::new(Rules::new(cfg.guest));
-    let mut forwards = Vec::new();
-    for spec in net.forward_rules() {
-        let (id, l) = rules.add(spec.clone())?;
-        forwards.push((id, spec, l));
-    }
-    let api = match &net.api_socket {
-        Some(path) => {
-            let (listener, guard) = control::bind_api_socket(path).map_err(|e| {
-                anyhow::anyhow!("cannot create the API socket {}: {e}", path.display())
-            })?;
-            control::spawn_api(listener, rules, ctl)
-                .map_err(|e| anyhow::anyhow!("cannot start the API thread: {e}"))?;
-            tracing::info!(path = %path.display(), "API socket listening");
-            Some(guard)
-        }
-        None => None,
-    };
-    Ok(ControlPlane {
-        poll,
-        commands,
-        forwards,
-        _api: api,
-    })
-}
-
-fn exit_code(exit: Exit) -> ExitCode {
-    match exit {
-        Exit::Signal(_) | Exit::ExitFd => ExitCode::SUCCESS,
-        Exit::Child(c) => ExitCode::from(c.clamp(0, 255) as u8),
     }
 }
 
@@ -194,7 +96,7 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
             forwards: cp.forwards,
         },
     )?;
-    drop(cp._api);
+    drop(cp.api);
     log_summary(&stats);
     Ok(exit_code(exit))
 }
@@ -248,17 +150,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
             forwards: cp.forwards,
         },
     )?;
-    drop(cp._api);
+    drop(cp.api);
     log_summary(&stats);
     Ok(exit_code(exit))
-}
-
-fn log_summary(stats: &Stats) {
-    use std::sync::atomic::Ordering::Relaxed;
-    tracing::debug!(
-        rx_frames = stats.rx_frames.load(Relaxed),
-        tx_frames = stats.tx_frames.load(Relaxed),
-        drops = ?stats.drop_counts(),
-        "exiting"
-    );
 }
