@@ -64,6 +64,9 @@ pub struct NetArgs {
     /// Turn off the DHCP server
     #[arg(long = "disable-dhcp")]
     pub disable_dhcp: bool,
+    /// Write every frame to and from the guest to this file, in pcap format
+    #[arg(long = "pcap", value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
     /// Log every flow and every dropped frame (debug level)
     #[arg(long)]
     pub debug: bool,
