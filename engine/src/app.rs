@@ -12,8 +12,14 @@ use crate::router::fwd::BoundListener;
 use crate::stats::Stats;
 use tracing_subscriber::EnvFilter;
 
-pub fn init_logging(net: &NetArgs) -> anyhow::Result<()> {
-    let default = if net.debug { "debug" } else { "info" };
+/// Log to stderr or `--log-file`; `quiet` (for `usernet run`, whose terminal belongs to
+/// the command) logs only warnings unless `--debug`.
+pub fn init_logging(net: &NetArgs, quiet: bool) -> anyhow::Result<()> {
+    let default = match (net.debug, quiet) {
+        (true, _) => "debug",
+        (false, true) => "warn",
+        (false, false) => "info",
+    };
     let filter = EnvFilter::try_from_env("USERNET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

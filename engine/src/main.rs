@@ -49,7 +49,7 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
             cli.target_type
         );
     }
-    init_logging(&cli.net)?;
+    init_logging(&cli.net, false)?;
     // Take ownership of the fds first, so that a bad number is reported before any work.
     let exit_fd = cli
         .exit_fd
@@ -103,7 +103,7 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
 
 fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     let cfg = cli.net.to_config()?;
-    init_logging(&cli.net)?;
+    init_logging(&cli.net, true)?;
     let resolv = if cfg.enable_dns {
         let mut s = format!("# written by usernet run\nnameserver {}\n", cfg.dns);
         if let Ok(host) = std::fs::read_to_string("/etc/resolv.conf") {
