@@ -322,6 +322,12 @@ impl HostNs {
     /// Creates the namespace and its addresses; `/etc/netns/<name>/resolv.conf` names
     /// 127.0.0.1.
     pub fn new() -> HostNs {
+        HostNs::with_resolv_conf("nameserver 127.0.0.1\n")
+    }
+
+    /// Like [`HostNs::new`] with `resolv` as the contents of the namespace's
+    /// `/etc/resolv.conf` (what the engine, started with `ip netns exec`, reads).
+    pub fn with_resolv_conf(resolv: &str) -> HostNs {
         require_base();
         let id = unique_id();
         let name = format!("un-h-{id}");
@@ -330,8 +336,7 @@ impl HostNs {
         std::fs::create_dir_all(&dir).expect("create scratch dir");
         let h = HostNs { name, dir, etc_dir };
         std::fs::create_dir_all(&h.etc_dir).expect("create /etc/netns/<name>");
-        std::fs::write(h.etc_dir.join("resolv.conf"), "nameserver 127.0.0.1\n")
-            .expect("write resolv.conf");
+        std::fs::write(h.etc_dir.join("resolv.conf"), resolv).expect("write resolv.conf");
         run_ok(&mut cmd("ip", &["netns", "add", &h.name]));
         let n = h.name.clone();
         let ipn = |args: &[&str]| {
@@ -367,6 +372,34 @@ impl HostNs {
         // ping sockets for the engine (slirp4netns uses them).
         h.exec_ok(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
         h
+    }
+
+    /// `/etc/netns/<name>/resolv.conf`: bind-mounted over `/etc/resolv.conf` for every
+    /// `ip netns exec` into this namespace.
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        self.etc_dir.join("resolv.conf")
+    }
+
+    /// Rewrites the namespace's resolv.conf IN PLACE (truncate + write, same inode), so
+    /// that a running engine, which sees it through a bind mount, sees the new contents.
+    pub fn set_resolv_conf(&self, contents: &str) {
+        let path = self.resolv_conf_path();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {} for writing: {e}", path.display()));
+        f.write_all(contents.as_bytes())
+            .and_then(|()| f.sync_all())
+            .unwrap_or_else(|e| panic!("rewrite {}: {e}", path.display()));
+    }
+
+    /// Adds `addr` (e.g. "127.0.0.53/8") to the namespace's `lo`.
+    pub fn add_lo_addr(&self, addr: &str) {
+        run_ok(&mut cmd(
+            "ip",
+            &["-n", &self.name, "addr", "add", addr, "dev", "lo"],
+        ));
     }
 
     /// `/run/netns/<name>`.
@@ -1288,4 +1321,195 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         .collect::<Result<_, _>>()
         .ok()?;
     v.try_into().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// background processes, dnsmasq, the API socket
+// ---------------------------------------------------------------------------------------
+
+/// A process the test started in the background; killed (by its PID) and reaped on drop.
+pub struct BgChild {
+    child: Child,
+    /// What was started (for messages).
+    pub desc: String,
+    /// Its PID.
+    pub pid: u32,
+}
+
+impl BgChild {
+    /// Starts `c` with stdin null and stdout/stderr to `log` (a file created here).
+    pub fn start(c: &mut Command, log: &Path) -> BgChild {
+        let f = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        c.stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f);
+        let desc = format!("{c:?}");
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+        let pid = child.id();
+        BgChild { child, desc, pid }
+    }
+
+    /// Exit status if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for BgChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Guest {
+    /// Starts `prog args` in the background inside the guest (nsenter execs it, so the
+    /// child is the program itself); output goes to `log`.
+    pub fn spawn_cmd(&self, prog: &str, args: &[&str], log: &Path) -> BgChild {
+        let mut c = self.command(prog);
+        c.args(args);
+        BgChild::start(&mut c, log)
+    }
+
+    /// Waits (≤ `timeout`) until a TCP connection from inside the guest to `addr`
+    /// succeeds (a server started in the background is listening).
+    pub fn wait_tcp_listening(&self, addr: SocketAddr, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self
+                .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+                .is_ok()
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "nothing listens on {addr} inside the guest after {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A dnsmasq serving fixed records on `addr`:53 (UDP and TCP) inside a host namespace;
+/// no upstreams, no hosts file, no config file; killed on drop.
+pub struct Dnsmasq {
+    proc_: BgChild,
+    /// The address it listens on.
+    pub addr: Ipv4Addr,
+    /// Its query log.
+    pub log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on `addr` (which must be an address of the namespace, e.g. added to
+    /// `lo` with [`HostNs::add_lo_addr`]); `records` are dnsmasq options such as
+    /// `--address=/www.test.example/192.0.2.10` or `--txt-record=...`. Waits (≤ 10 s)
+    /// until it accepts TCP on port 53.
+    pub fn start(host: &HostNs, addr: Ipv4Addr, records: &[String]) -> Dnsmasq {
+        require_tool("dnsmasq");
+        let id = unique_id();
+        let log = host.dir.join(format!("dnsmasq-{addr}-{id}.log"));
+        let out = host.dir.join(format!("dnsmasq-{addr}-{id}.out"));
+        let pidf = host.dir.join(format!("dnsmasq-{addr}-{id}.pid"));
+        let mut c = host.command("dnsmasq");
+        c.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            "--user=root",
+            "--group=root",
+            "--log-queries",
+        ]);
+        c.arg(format!("--listen-address={addr}"));
+        c.arg(format!("--pid-file={}", pidf.display()));
+        c.arg(format!("--log-facility={}", log.display()));
+        c.args(records);
+        let mut proc_ = BgChild::start(&mut c, &out);
+        let sa = SocketAddr::from((addr, 53));
+        let start = Instant::now();
+        loop {
+            if host
+                .run(|| TcpStream::connect_timeout(&sa, Duration::from_secs(1)))
+                .is_ok()
+            {
+                break;
+            }
+            if let Some(st) = proc_.try_wait() {
+                panic!(
+                    "dnsmasq on {addr} exited ({st}): {}",
+                    std::fs::read_to_string(&out).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq on {addr} not listening after 10 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Dnsmasq { proc_, addr, log }
+    }
+
+    /// The query log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// PID of the dnsmasq process.
+    pub fn pid(&self) -> u32 {
+        self.proc_.pid
+    }
+}
+
+/// One request on the engine's API socket, slirp4netns style: connect, write `req` (in
+/// the pieces given, pausing `pause` between them), shut down the write side, read the
+/// reply to EOF (≤ 10 s). Returns the reply bytes.
+pub fn api_call_parts(path: &Path, parts: &[&[u8]], pause: Duration) -> io::Result<Vec<u8>> {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let owned: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+    // a writer thread, so that a server that answers before reading everything (an
+    // oversized request) cannot block us.
+    let writer = thread::spawn(move || {
+        for (i, p) in owned.iter().enumerate() {
+            if i > 0 {
+                thread::sleep(pause);
+            }
+            if w.write_all(p).is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let (got, err) = read_to_end_result(&mut s);
+    let _ = writer.join();
+    match err {
+        Some(e) if got.is_empty() => Err(e),
+        _ => Ok(got),
+    }
+}
+
+/// [`api_call_parts`] with one piece.
+pub fn api_call(path: &Path, req: &[u8]) -> io::Result<Vec<u8>> {
+    api_call_parts(path, &[req], Duration::ZERO)
+}
+
+/// [`api_call`] parsed as JSON; fails the test on any error.
+pub fn api_json(path: &Path, req: &str) -> serde_json::Value {
+    let got = api_call(path, req.as_bytes())
+        .unwrap_or_else(|e| panic!("API request {req} on {}: {e}", path.display()));
+    serde_json::from_slice(&got).unwrap_or_else(|e| {
+        panic!(
+            "API reply to {req} is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&got)
+        )
+    })
 }
