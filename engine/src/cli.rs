@@ -73,8 +73,15 @@ pub struct NetArgs {
 
     // slirp4netns options that are not implemented yet: rejected with a clear error,
     // and hidden from --help (podman and rootlesskit probe --help for features).
-    #[arg(short = '6', long = "enable-ipv6", hide = true)]
+    /// Enable IPv6: router advertisements, DHCPv6, NAT and forwards (prefix fd00::/64)
+    #[arg(short = '6', long = "enable-ipv6")]
     pub enable_ipv6: bool,
+    /// IPv6 prefix (a /64; default fd00::/64): gateway ::2, DNS ::3
+    #[arg(long = "cidr6", value_name = "PREFIX/64", default_value = "fd00::/64", value_parser = parse_cidr6)]
+    pub cidr6: (std::net::Ipv6Addr, u8),
+    /// Turn off the DHCPv6 server (SLAAC and RDNSS in router advertisements remain)
+    #[arg(long = "disable-dhcpv6")]
+    pub disable_dhcpv6: bool,
     /// Serve the slirp4netns-compatible JSON API (port forwards, stats) on this UNIX socket
     #[arg(short = 'a', long = "api-socket", value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
@@ -226,6 +233,35 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
     })
 }
 
+fn parse_cidr6(s: &str) -> Result<(std::net::Ipv6Addr, u8), String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        format!("IPv6 prefix \"{s}\" is not in CIDR notation (expected e.g. fd00::/64)")
+    })?;
+    let addr: std::net::Ipv6Addr = a.parse().map_err(|_| {
+        format!("IPv6 prefix \"{s}\": \"{a}\" is not an IPv6 address (expected e.g. fd00::/64)")
+    })?;
+    if p != "64" {
+        return Err(format!(
+            "IPv6 prefix \"{s}\": prefix length {p} is not supported (expected 64: guests autoconfigure with SLAAC)"
+        ));
+    }
+    if u128::from(addr) & ((1u128 << 64) - 1) != 0 {
+        return Err(format!(
+            "IPv6 prefix \"{s}\" has host bits set (expected e.g. fd00::/64)"
+        ));
+    }
+    if addr.is_multicast()
+        || addr.is_loopback()
+        || addr.is_unspecified()
+        || addr.is_unicast_link_local()
+    {
+        return Err(format!(
+            "IPv6 prefix \"{s}\" is not a unicast global or unique-local prefix"
+        ));
+    }
+    Ok((addr, 64))
+}
+
 fn parse_mac(s: &str) -> Result<Mac, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let bad = || {
@@ -328,7 +364,6 @@ impl NetArgs {
     /// Reject options this build does not implement yet.
     pub fn check_supported(&self) -> Result<(), CliError> {
         let unsupported = [
-            (self.enable_ipv6, "--enable-ipv6"),
             (self.enable_sandbox, "--enable-sandbox"),
             (self.enable_seccomp, "--enable-seccomp"),
         ];
@@ -384,6 +419,11 @@ impl NetArgs {
                 }
             }
             cfg.dns_options.local_names = self.host_name.clone();
+        }
+        if self.enable_ipv6 {
+            let mut v6 = crate::config::Ipv6Config::new(self.cidr6.0, self.cidr6.1);
+            v6.dhcpv6 = !self.disable_dhcpv6;
+            cfg.ipv6 = Some(v6);
         }
         if self.disable_dhcp {
             cfg.dhcp = None;

@@ -2,7 +2,7 @@
 //!
 //! Built from the command line by `cli`, validated there; the data path only reads it.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Our MAC address toward the guest (gateway and DNS share it), as libslirp's 52:55:0a:00:02:02.
@@ -63,6 +63,57 @@ pub const TX_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 /// Minimum frames in the queue toward the guest, whatever the MTU.
 pub const TX_QUEUE_MIN_FRAMES: usize = 64;
 
+/// Our IPv6 link-local address (the RA source and the guest's default router):
+/// the modified EUI-64 of [`GATEWAY_MAC`].
+pub const GATEWAY_LINK_LOCAL: Ipv6Addr =
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5055, 0x0aff, 0xfe00, 0x0202);
+/// Interval between unsolicited router advertisements.
+pub const RA_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The IPv6 side of the virtual network (`--enable-ipv6`).
+#[derive(Clone, Debug)]
+pub struct Ipv6Config {
+    /// The prefix (fd00::).
+    pub prefix: Ipv6Addr,
+    /// Its length (64: SLAAC needs it).
+    pub prefix_len: u8,
+    /// Gateway, and the host's alias (prefix::2); ::1 on the host.
+    pub gateway: Ipv6Addr,
+    /// DNS relay address (prefix::3).
+    pub dns: Ipv6Addr,
+    /// Serve DHCPv6 (stateless and stateful).
+    pub dhcpv6: bool,
+}
+
+impl Ipv6Config {
+    /// The slirp4netns layout for `prefix/prefix_len`.
+    pub fn new(prefix: Ipv6Addr, prefix_len: u8) -> Ipv6Config {
+        let base = u128::from(prefix);
+        Ipv6Config {
+            prefix,
+            prefix_len,
+            gateway: Ipv6Addr::from(base + 2),
+            dns: Ipv6Addr::from(base + 3),
+            dhcpv6: true,
+        }
+    }
+
+    /// Whether `a` lies in the prefix.
+    pub fn in_prefix(&self, a: Ipv6Addr) -> bool {
+        let mask = if self.prefix_len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix_len))
+        };
+        u128::from(a) & mask == u128::from(self.prefix)
+    }
+
+    /// Whether `a` is one of our own addresses (gateway, DNS, link-local).
+    pub fn is_ours(&self, a: Ipv6Addr) -> bool {
+        a == self.gateway || a == self.dns || a == GATEWAY_LINK_LOCAL
+    }
+}
+
 /// The whole configuration of one engine.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -90,6 +141,8 @@ pub struct Config {
     pub outbound_addr: Option<Ipv4Addr>,
     /// Source address for outbound IPv6 sockets.
     pub outbound_addr6: Option<IpAddr>,
+    /// IPv6, when enabled.
+    pub ipv6: Option<Ipv6Config>,
     /// Verify checksums of guest frames (IPv4 header, TCP, UDP, ICMP).
     pub verify_checksums: bool,
     /// Table caps.
@@ -118,6 +171,7 @@ impl Config {
             enable_dns: true,
             outbound_addr: None,
             outbound_addr6: None,
+            ipv6: None,
             verify_checksums: true,
             limits: Limits::default(),
             dns_options: Default::default(),

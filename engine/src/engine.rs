@@ -144,6 +144,7 @@ pub fn run(
             tracing::warn!(error = %e, "cannot write to the ready fd");
         }
     }
+    router.start(now);
     tracing::info!("ready");
 
     let mut events = Events::with_capacity(1024);

@@ -1,7 +1,7 @@
 //! Building frames toward the guest: Ethernet + IPv4 (fragmented to the MTU when needed)
 //! + UDP or ICMP, written in place into the [`TxQueue`].
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::checksum;
 
@@ -23,6 +23,87 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 /// UDP.
 pub const PROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv6 fragment extension header.
+pub const PROTO_FRAGMENT6: u8 = 44;
+/// IPv6 header length.
+pub const IPV6_HLEN: usize = 40;
+
+/// ICMP errors usernet sends, in both families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Network unreachable (v4 3/0, v6 1/0).
+    NetUnreachable,
+    /// Host unreachable (v4 3/1, v6 1/3).
+    HostUnreachable,
+    /// Port unreachable (v4 3/3, v6 1/4).
+    PortUnreachable,
+    /// Administratively prohibited (v4 3/13, v6 1/1).
+    AdminProhibited,
+}
+
+impl IcmpError {
+    fn v4(self) -> (u8, u8) {
+        match self {
+            IcmpError::NetUnreachable => (3, 0),
+            IcmpError::HostUnreachable => (3, 1),
+            IcmpError::PortUnreachable => (3, 3),
+            IcmpError::AdminProhibited => (3, 13),
+        }
+    }
+
+    fn v6(self) -> (u8, u8) {
+        match self {
+            IcmpError::NetUnreachable => (1, 0),
+            IcmpError::HostUnreachable => (1, 3),
+            IcmpError::PortUnreachable => (1, 4),
+            IcmpError::AdminProhibited => (1, 1),
+        }
+    }
+}
+
+/// The Ethernet address an IPv6 multicast group maps to (33:33 + low 32 bits).
+pub fn ipv6_multicast_mac(a: Ipv6Addr) -> [u8; 6] {
+    let o = a.octets();
+    [0x33, 0x33, o[12], o[13], o[14], o[15]]
+}
+
+/// Write a 40-byte IPv6 header.
+pub fn write_ipv6(
+    buf: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    hop_limit: u8,
+    payload_len: usize,
+) {
+    buf[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    buf[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+    buf[6] = next_header;
+    buf[7] = hop_limit;
+    buf[8..24].copy_from_slice(&src.octets());
+    buf[24..40].copy_from_slice(&dst.octets());
+}
+
+/// The IPv6 pseudo-header checksum (not complemented).
+pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: usize) -> u16 {
+    let mut b = [0u8; 40];
+    b[0..16].copy_from_slice(&src.octets());
+    b[16..32].copy_from_slice(&dst.octets());
+    b[32..36].copy_from_slice(&(len as u32).to_be_bytes());
+    b[39] = next_header;
+    checksum::data(&b)
+}
+
+/// The pseudo-header checksum for either family.
+pub fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u16 {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => pseudo_v4(s, d, proto, len),
+        (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_v6(s, d, proto, len),
+        _ => 0,
+    }
+}
 
 /// Write an Ethernet header.
 pub fn write_eth(buf: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
@@ -149,12 +230,92 @@ impl Emitter {
         true
     }
 
+    /// Emit one IPv6 packet whose payload is the concatenation of `parts`, fragmenting
+    /// (with a Fragment header, as the source may) when larger than the MTU.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ipv6(
+        &mut self,
+        txq: &mut TxQueue,
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        next_header: u8,
+        hop_limit: u8,
+        parts: &[&[u8]],
+    ) -> bool {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let our = self.our_mac;
+        if IPV6_HLEN + total <= self.mtu {
+            return txq
+                .push(ETH_HLEN + IPV6_HLEN + total, |b| {
+                    write_eth(b, dst_mac, our, ETHERTYPE_IPV6);
+                    write_ipv6(&mut b[ETH_HLEN..], src, dst, next_header, hop_limit, total);
+                    copy_parts(&mut b[ETH_HLEN + IPV6_HLEN..], parts, 0);
+                })
+                .is_some();
+        }
+        if total > 65535 || self.mtu < IPV6_HLEN + 8 + 8 {
+            return false;
+        }
+        let per = (self.mtu - IPV6_HLEN - 8) & !7;
+        let nfrags = total.div_ceil(per);
+        if txq.room() < nfrags {
+            return false;
+        }
+        let ident = u32::from(self.next_ident()) | 0x5553_0000;
+        let mut off = 0;
+        while off < total {
+            let n = per.min(total - off);
+            let more = off + n < total;
+            let ok = txq.push(ETH_HLEN + IPV6_HLEN + 8 + n, |b| {
+                write_eth(b, dst_mac, our, ETHERTYPE_IPV6);
+                write_ipv6(
+                    &mut b[ETH_HLEN..],
+                    src,
+                    dst,
+                    PROTO_FRAGMENT6,
+                    hop_limit,
+                    8 + n,
+                );
+                let f = &mut b[ETH_HLEN + IPV6_HLEN..];
+                f[0] = next_header;
+                f[1] = 0;
+                let om = (off as u16) | u16::from(more);
+                f[2..4].copy_from_slice(&om.to_be_bytes());
+                f[4..8].copy_from_slice(&ident.to_be_bytes());
+                copy_parts(&mut f[8..8 + n], parts, off);
+            });
+            if ok.is_none() {
+                return false;
+            }
+            off += n;
+        }
+        true
+    }
+
+    /// Emit an IP packet of either family (`parts` carry a finished L4 header).
+    pub fn ip(
+        &mut self,
+        txq: &mut TxQueue,
+        dst_mac: [u8; 6],
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        parts: &[&[u8]],
+    ) -> bool {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => self.ipv4(txq, dst_mac, s, d, proto, parts),
+            (IpAddr::V6(s), IpAddr::V6(d)) => self.ipv6(txq, dst_mac, s, d, proto, 64, parts),
+            _ => false,
+        }
+    }
+
     /// Emit a UDP datagram to the guest.
     pub fn udp(
         &mut self,
         txq: &mut TxQueue,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         payload: &[u8],
     ) -> bool {
         self.udp_to(txq, self.guest_mac, src, dst, payload)
@@ -165,8 +326,8 @@ impl Emitter {
         &mut self,
         txq: &mut TxQueue,
         dst_mac: [u8; 6],
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         payload: &[u8],
     ) -> bool {
         let len = 8 + payload.len();
@@ -177,20 +338,76 @@ impl Emitter {
         hdr[0..2].copy_from_slice(&src.port().to_be_bytes());
         hdr[2..4].copy_from_slice(&dst.port().to_be_bytes());
         hdr[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-        let pseudo = pseudo_v4(*src.ip(), *dst.ip(), PROTO_UDP, len);
-        let mut c = !checksum::combine(&[pseudo, checksum::data(&hdr), checksum::data(payload)]);
+        let ph = pseudo(src.ip(), dst.ip(), PROTO_UDP, len);
+        let mut c = !checksum::combine(&[ph, checksum::data(&hdr), checksum::data(payload)]);
         if c == 0 {
             c = 0xffff;
         }
         hdr[6..8].copy_from_slice(&c.to_be_bytes());
-        self.ipv4(
+        self.ip(
             txq,
             dst_mac,
-            *src.ip(),
-            *dst.ip(),
+            src.ip(),
+            dst.ip(),
             PROTO_UDP,
             &[&hdr, payload],
         )
+    }
+
+    /// Emit an ICMPv6 message (`header`: type, code, 0, 0, then 4 type-specific bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn icmp6(
+        &mut self,
+        txq: &mut TxQueue,
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        mut header: [u8; 8],
+        body: &[u8],
+    ) -> bool {
+        header[2] = 0;
+        header[3] = 0;
+        let len = 8 + body.len();
+        let c = !checksum::combine(&[
+            pseudo_v6(src, dst, PROTO_ICMPV6, len),
+            checksum::data(&header),
+            checksum::data(body),
+        ]);
+        header[2..4].copy_from_slice(&c.to_be_bytes());
+        self.ipv6(
+            txq,
+            dst_mac,
+            src,
+            dst,
+            PROTO_ICMPV6,
+            hop_limit,
+            &[&header, body],
+        )
+    }
+
+    /// Emit an ICMP or ICMPv6 error quoting `original` (as much as the minimum MTU allows).
+    pub fn icmp_error_any(
+        &mut self,
+        txq: &mut TxQueue,
+        src: IpAddr,
+        dst: IpAddr,
+        kind: IcmpError,
+        original: &[u8],
+    ) -> bool {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let (t, c) = kind.v4();
+                self.icmp_error(txq, s, d, t, c, original)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let (t, c) = kind.v6();
+                let quote = &original[..original.len().min(1280 - IPV6_HLEN - 8)];
+                let mac = self.guest_mac;
+                self.icmp6(txq, mac, s, d, 64, [t, c, 0, 0, 0, 0, 0, 0], quote)
+            }
+            _ => false,
+        }
     }
 
     /// Emit an ICMP message (`header` is the 8-byte ICMP header without checksum; `body` follows).
@@ -259,6 +476,7 @@ pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> u16 {
 mod tests {
     use super::*;
     use smoltcp::wire::{Ipv4Packet, UdpPacket};
+    use std::net::SocketAddrV4;
 
     #[test]
     fn udp_frame_checks_out() {
@@ -266,7 +484,7 @@ mod tests {
         let mut e = Emitter::new([2; 6], [4; 6], 1500);
         let src: SocketAddrV4 = "198.51.100.1:7".parse().unwrap();
         let dst: SocketAddrV4 = "10.0.2.100:4000".parse().unwrap();
-        assert!(e.udp(&mut q, src, dst, b"hello"));
+        assert!(e.udp(&mut q, src.into(), dst.into(), b"hello"));
         let f = q.front().unwrap();
         assert_eq!(&f[0..6], &[4; 6]);
         let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
@@ -283,7 +501,7 @@ mod tests {
         let payload: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
         let src: SocketAddrV4 = "198.51.100.1:7".parse().unwrap();
         let dst: SocketAddrV4 = "10.0.2.100:4000".parse().unwrap();
-        assert!(e.udp(&mut q, src, dst, &payload));
+        assert!(e.udp(&mut q, src.into(), dst.into(), &payload));
         assert_eq!(q.len(), 3);
         let mut whole = vec![0u8; 4008];
         let mut seen = 0;

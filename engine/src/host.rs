@@ -64,33 +64,50 @@ pub fn udp_socket(cfg: &Config, v6: bool) -> io::Result<mio::net::UdpSocket> {
     Ok(mio::net::UdpSocket::from_std(s.into()))
 }
 
-/// A socket for ICMP echo: an unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`)
-/// bound to `ident` when that id is free, so the guest's echo id survives.
-pub fn ping_socket(cfg: &Config, ident: u16) -> io::Result<mio::net::UdpSocket> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::DGRAM.nonblocking().cloexec(),
-        Some(Protocol::ICMPV4),
-    )?;
-    let a = cfg.outbound_addr.unwrap_or(Ipv4Addr::UNSPECIFIED);
-    if s.bind(&SocketAddr::new(IpAddr::V4(a), ident).into())
-        .is_err()
-    {
-        s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
+/// A socket for ICMP echo: an unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`
+/// or `IPPROTO_ICMPV6`) bound to `ident` when that id is free, so the guest's echo id
+/// survives.
+pub fn ping_socket(cfg: &Config, ident: u16, v6: bool) -> io::Result<mio::net::UdpSocket> {
+    let (domain, proto, a) = if v6 {
+        let a = cfg
+            .outbound_addr6
+            .unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        (Domain::IPV6, Protocol::ICMPV6, a)
+    } else {
+        let a = IpAddr::V4(cfg.outbound_addr.unwrap_or(Ipv4Addr::UNSPECIFIED));
+        (Domain::IPV4, Protocol::ICMPV4, a)
+    };
+    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(proto))?;
+    if s.bind(&SocketAddr::new(a, ident).into()).is_err() {
+        s.bind(&SocketAddr::new(a, 0).into())?;
     }
     Ok(mio::net::UdpSocket::from_std(s.into()))
 }
 
-/// A raw ICMP socket (needs `CAP_NET_RAW`), shared by all echo mappings.
-pub fn raw_icmp_socket(cfg: &Config) -> io::Result<mio::net::UdpSocket> {
-    let s = Socket::new(
-        Domain::IPV4,
-        Type::RAW.nonblocking().cloexec(),
-        Some(Protocol::ICMPV4),
-    )?;
-    if let Some(a) = cfg.outbound_addr {
-        s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
-    }
+/// A raw ICMP or ICMPv6 socket (needs `CAP_NET_RAW`), shared by all echo mappings of
+/// its family. The kernel computes ICMPv6 checksums on raw ICMPv6 sockets.
+pub fn raw_icmp_socket(cfg: &Config, v6: bool) -> io::Result<mio::net::UdpSocket> {
+    let s = if v6 {
+        let s = Socket::new(
+            Domain::IPV6,
+            Type::RAW.nonblocking().cloexec(),
+            Some(Protocol::ICMPV6),
+        )?;
+        if let Some(a) = cfg.outbound_addr6 {
+            s.bind(&SocketAddr::new(a, 0).into())?;
+        }
+        s
+    } else {
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::RAW.nonblocking().cloexec(),
+            Some(Protocol::ICMPV4),
+        )?;
+        if let Some(a) = cfg.outbound_addr {
+            s.bind(&SocketAddr::new(IpAddr::V4(a), 0).into())?;
+        }
+        s
+    };
     // A raw socket is datagram-like for our purposes: send_to/recv_from whole packets.
     Ok(mio::net::UdpSocket::from_std(s.into()))
 }

@@ -3,7 +3,7 @@
 //! Pure functions of the configuration and a tuple (passt's `fwd_nat_from_tap()` is the
 //! model): protocol handlers ask, they do not decide. Table-tested below, no sockets.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::config::Config;
 
@@ -39,14 +39,66 @@ pub enum Refusal {
 }
 
 /// Decide where a guest flow to `dst` goes.
-pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
-    match from_guest_unchecked(cfg, proto, dst) {
+pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddr) -> Result<Target, Refusal> {
+    let r = match dst {
+        SocketAddr::V4(d) => from_guest4(cfg, proto, d),
+        SocketAddr::V6(d) => from_guest6(cfg, d),
+    };
+    match r {
         Ok(Target::Host(_)) if !cfg.outbound => Err(Refusal::NoOutbound),
         r => r,
     }
 }
 
-fn from_guest_unchecked(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
+fn from_guest6(cfg: &Config, dst: SocketAddrV6) -> Result<Target, Refusal> {
+    let Some(v6) = &cfg.ipv6 else {
+        return Err(Refusal::Unroutable);
+    };
+    let ip = *dst.ip();
+    let loopback = |port: u16| {
+        if cfg.disable_host_loopback {
+            Err(Refusal::HostLoopbackDisabled)
+        } else {
+            Ok(Target::Host(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::LOCALHOST,
+                port,
+                0,
+                0,
+            ))))
+        }
+    };
+    if ip == v6.dns {
+        if dst.port() == 53 {
+            return if cfg.enable_dns {
+                Ok(Target::Dns)
+            } else {
+                Err(Refusal::DnsDisabled)
+            };
+        }
+        return loopback(dst.port());
+    }
+    if ip == v6.gateway || ip == crate::config::GATEWAY_LINK_LOCAL {
+        return loopback(dst.port());
+    }
+    if v6.in_prefix(ip)
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || ip.is_unspecified()
+        || ip.is_unicast_link_local()
+        || ip.to_ipv4_mapped().is_some()
+        || dst.port() == 0
+    {
+        return Err(Refusal::Unroutable);
+    }
+    Ok(Target::Host(SocketAddr::V6(SocketAddrV6::new(
+        ip,
+        dst.port(),
+        0,
+        0,
+    ))))
+}
+
+fn from_guest4(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
     let ip = *dst.ip();
     let loopback = |port: u16| {
         if cfg.disable_host_loopback {
@@ -104,6 +156,40 @@ pub fn to_guest_source(cfg: &Config, from: SocketAddr) -> Option<SocketAddrV4> {
         return Some(SocketAddrV4::new(cfg.gateway, from.port()));
     }
     Some(from)
+}
+
+/// How the source of a host-side IPv6 packet looks from the guest: the host's ::1
+/// appears as the IPv6 gateway. `None`: the guest must not see it.
+pub fn to_guest_source6(cfg: &Config, from: SocketAddr) -> Option<SocketAddr> {
+    let v6 = cfg.ipv6.as_ref()?;
+    let SocketAddr::V6(from) = from else {
+        return None;
+    };
+    let ip = *from.ip();
+    if ip.is_loopback() {
+        if cfg.disable_host_loopback {
+            return None;
+        }
+        return Some(SocketAddr::V6(SocketAddrV6::new(
+            v6.gateway,
+            from.port(),
+            0,
+            0,
+        )));
+    }
+    if ip.to_ipv4_mapped().is_some() || ip.is_unspecified() {
+        return None;
+    }
+    Some(SocketAddr::V6(SocketAddrV6::new(ip, from.port(), 0, 0)))
+}
+
+/// [`to_guest_source`] or [`to_guest_source6`], by the guest flow's family.
+pub fn to_guest(cfg: &Config, v6_flow: bool, from: SocketAddr) -> Option<SocketAddr> {
+    if v6_flow {
+        to_guest_source6(cfg, from)
+    } else {
+        to_guest_source(cfg, from).map(SocketAddr::V4)
+    }
 }
 
 #[cfg(test)]
@@ -183,8 +269,58 @@ mod tests {
             (&closed, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
         ];
         for (c, p, dst, want) in cases {
-            assert_eq!(from_guest(c, *p, sa(dst)), *want, "{p:?} {dst}");
+            assert_eq!(
+                from_guest(c, *p, SocketAddr::V4(sa(dst))),
+                *want,
+                "{p:?} {dst}"
+            );
         }
+    }
+
+    #[test]
+    fn table6() {
+        let cfg = Config {
+            ipv6: Some(crate::config::Ipv6Config::new(
+                "fd00::".parse().unwrap(),
+                64,
+            )),
+            ..Config::default()
+        };
+        let off = Config {
+            disable_host_loopback: true,
+            ..cfg.clone()
+        };
+        let s = |x: &str| -> SocketAddr { x.parse().unwrap() };
+        let host = |x: &str| Ok(Target::Host(s(x)));
+        let cases: &[(&Config, &str, Result<Target, Refusal>)] = &[
+            (&cfg, "[fd00::2]:80", host("[::1]:80")),
+            (&cfg, "[fe80::5055:aff:fe00:202]:80", host("[::1]:80")),
+            (&cfg, "[fd00::3]:53", Ok(Target::Dns)),
+            (&cfg, "[2001:db8:1::1]:443", host("[2001:db8:1::1]:443")),
+            (&cfg, "[fd00::50]:80", Err(Refusal::Unroutable)),
+            (&cfg, "[::1]:80", Err(Refusal::Unroutable)),
+            (&cfg, "[ff02::1]:80", Err(Refusal::Unroutable)),
+            (&cfg, "[::ffff:127.0.0.1]:80", Err(Refusal::Unroutable)),
+            (&off, "[fd00::2]:80", Err(Refusal::HostLoopbackDisabled)),
+            (&off, "[2001:db8:1::1]:443", host("[2001:db8:1::1]:443")),
+            (
+                &Config::default(),
+                "[2001:db8:1::1]:443",
+                Err(Refusal::Unroutable),
+            ),
+        ];
+        for (c, dst, want) in cases {
+            assert_eq!(from_guest(c, Proto::Tcp, s(dst)), *want, "{dst}");
+        }
+        assert_eq!(
+            to_guest_source6(&cfg, s("[::1]:80")),
+            Some(s("[fd00::2]:80"))
+        );
+        assert_eq!(to_guest_source6(&off, s("[::1]:80")), None);
+        assert_eq!(
+            to_guest_source6(&cfg, s("[2001:db8:1::1]:7")),
+            Some(s("[2001:db8:1::1]:7"))
+        );
     }
 
     #[test]

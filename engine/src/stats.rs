@@ -34,6 +34,16 @@ drop_reasons! {
     UnknownEthertype => "unknown_ethertype",
     /// An IPv6 frame while IPv6 is off.
     Ipv6Disabled => "ipv6_disabled",
+    /// IPv6 header that does not parse.
+    Ipv6Malformed => "ipv6_malformed",
+    /// IPv6 source address the guest may not use.
+    Ipv6BadSource => "ipv6_bad_source",
+    /// IPv6 extension headers (hop-by-hop, fragments, routing) usernet does not follow.
+    Ipv6ExtensionHeader => "ipv6_extension_header",
+    /// MLD reports and queries (no multicast routing here).
+    MldIgnored => "mld_ignored",
+    /// Neighbour discovery not addressed to us (DAD, other targets, bad hop limit, RAs from the guest).
+    NdpIgnored => "ndp_ignored",
     /// ARP that does not parse.
     ArpMalformed => "arp_malformed",
     /// ARP for an address usernet does not answer for (including gratuitous ARP).

@@ -8,7 +8,7 @@
 //! connects to the first upstream ([`DnsService::tcp_upstream`]).
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,7 +52,7 @@ impl Default for DnsOptions {
 
 /// The relay and its sockets.
 pub struct DnsService {
-    relay: Relay<SocketAddrV4>,
+    relay: Relay<SocketAddr>,
     socks: [Option<mio::net::UdpSocket>; 2],
     source: Upstreams,
     resolv_mtime: Option<SystemTime>,
@@ -92,6 +92,7 @@ impl DnsService {
             upstreams: ups,
             local_names: opts.local_names.clone(),
             local_addr4: ctx.cfg.gateway,
+            local_addr6: ctx.cfg.ipv6.as_ref().map(|v| v.gateway),
             rng_seed: rand_seed(),
             ..RelayConfig::default()
         };
@@ -159,17 +160,11 @@ impl DnsService {
     }
 
     /// A query from the guest.
-    pub fn handle_query(
-        &mut self,
-        ctx: &mut Ctx,
-        now: Instant,
-        client: SocketAddrV4,
-        query: &[u8],
-    ) {
+    pub fn handle_query(&mut self, ctx: &mut Ctx, now: Instant, client: SocketAddr, query: &[u8]) {
         self.maybe_reload(now);
         match self.relay.on_query(now, client, query, &mut self.out) {
             QueryAction::Local { len } => {
-                let src = SocketAddrV4::new(ctx.cfg.dns, 53);
+                let src = dns_addr(ctx, client);
                 if !ctx.emit.udp(&mut ctx.txq, src, client, &self.out[..len]) {
                     ctx.drop(DropReason::TxQueueFull);
                 }
@@ -208,7 +203,7 @@ impl DnsService {
                 .on_answer(now, from, &self.rbuf[..n], &mut self.out)
             {
                 AnswerAction::Deliver { client, len } => {
-                    let src = SocketAddrV4::new(ctx.cfg.dns, 53);
+                    let src = dns_addr(ctx, client);
                     if !ctx.emit.udp(&mut ctx.txq, src, client, &self.out[..len]) {
                         ctx.drop(DropReason::TxQueueFull);
                     }
@@ -231,6 +226,14 @@ impl DnsService {
                 let _ = s.send_to(&bytes, up);
             }
         }
+    }
+}
+
+/// The DNS address the guest `client` asked, by family.
+fn dns_addr(ctx: &Ctx, client: SocketAddr) -> SocketAddr {
+    match (client, &ctx.cfg.ipv6) {
+        (SocketAddr::V6(_), Some(v6)) => SocketAddr::new(IpAddr::V6(v6.dns), 53),
+        _ => SocketAddr::new(IpAddr::V4(ctx.cfg.dns), 53),
     }
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 
 use mio::Interest;
@@ -85,7 +85,7 @@ struct Fwd {
 struct UdpClient {
     rule: u32,
     client: SocketAddr,
-    key: (SocketAddrV4, SocketAddrV4),
+    key: (SocketAddr, SocketAddr),
     last_active: Instant,
     deadline: Option<Instant>,
 }
@@ -95,7 +95,7 @@ struct UdpClient {
 pub struct Forwards {
     rules: HashMap<u32, Fwd>,
     clients: Slab<UdpClient>,
-    by_key: HashMap<(SocketAddrV4, SocketAddrV4), usize>,
+    by_key: HashMap<(SocketAddr, SocketAddr), usize>,
     buf: Vec<u8>,
     blocked: Vec<u32>,
 }
@@ -104,16 +104,57 @@ pub struct Forwards {
 /// new clients beyond the cap are dropped and counted).
 pub const MAX_UDP_FWD_CLIENTS: usize = 4096;
 
-/// How a host client's address looks from the guest: loopback (and any non-IPv4
-/// client, until IPv6 guests) appears as the gateway.
-pub fn seen_from_guest(gateway: std::net::Ipv4Addr, client: SocketAddr) -> SocketAddrV4 {
-    match client {
-        SocketAddr::V4(a) if !a.ip().is_loopback() => a,
-        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) if !v4.is_loopback() => SocketAddrV4::new(v4, a.port()),
-            _ => SocketAddrV4::new(gateway, a.port()),
-        },
-        _ => SocketAddrV4::new(gateway, client.port()),
+/// Where forwards without a guest address go, per family.
+#[derive(Clone, Copy, Debug)]
+pub struct DefaultGuest {
+    /// The IPv4 guest.
+    pub v4: Ipv4Addr,
+    /// The IPv6 guest, when IPv6 is on and its address is known.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The gateways a client may be shown as.
+#[derive(Clone, Copy, Debug)]
+pub struct Gateways {
+    /// IPv4 gateway.
+    pub v4: Ipv4Addr,
+    /// IPv6 gateway, when IPv6 is on.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The guest endpoint of a rule for a client: the rule's guest address, else the
+/// default guest of the client's family (IPv6 clients reach an IPv6 guest when one is
+/// known), else the IPv4 guest.
+pub fn guest_target(spec: &RuleSpec, client: SocketAddr, def: DefaultGuest) -> SocketAddr {
+    let ip = match (spec.guest_addr, client, def.v6) {
+        (Some(a), _, _) => a,
+        (None, SocketAddr::V6(c), Some(g6)) if c.ip().to_ipv4_mapped().is_none() => IpAddr::V6(g6),
+        _ => IpAddr::V4(def.v4),
+    };
+    SocketAddr::new(ip, spec.guest_port)
+}
+
+/// How a host client's address looks from a guest reached over `guest`'s family:
+/// loopback clients appear as the gateway; a client of the other family appears as the
+/// gateway too (usernet does no 4-to-6 translation of addresses).
+pub fn seen_from_guest(gw: Gateways, client: SocketAddr, guest: SocketAddr) -> SocketAddr {
+    let client_v4 = match client {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(a) => a
+            .ip()
+            .to_ipv4_mapped()
+            .map(|v4| SocketAddrV4::new(v4, a.port())),
+    };
+    match (guest, client_v4, client, gw.v6) {
+        (SocketAddr::V4(_), Some(c), _, _) if !c.ip().is_loopback() => SocketAddr::V4(c),
+        (SocketAddr::V4(_), _, _, _) => SocketAddr::V4(SocketAddrV4::new(gw.v4, client.port())),
+        (SocketAddr::V6(_), None, SocketAddr::V6(c), _) if !c.ip().is_loopback() => {
+            SocketAddr::V6(SocketAddrV6::new(*c.ip(), c.port(), 0, 0))
+        }
+        (SocketAddr::V6(_), _, _, Some(g6)) => {
+            SocketAddr::V6(SocketAddrV6::new(g6, client.port(), 0, 0))
+        }
+        (SocketAddr::V6(_), _, _, None) => SocketAddr::V4(SocketAddrV4::new(gw.v4, client.port())),
     }
 }
 
@@ -166,18 +207,18 @@ impl Forwards {
     pub fn accept(
         &mut self,
         id: u32,
-        default_guest: std::net::Ipv4Addr,
-        gateway: std::net::Ipv4Addr,
-        out: &mut Vec<(mio::net::TcpStream, SocketAddrV4, SocketAddrV4)>,
+        def: DefaultGuest,
+        gw: Gateways,
+        out: &mut Vec<(mio::net::TcpStream, SocketAddr, SocketAddr)>,
     ) {
         let Some(f) = self.rules.get(&id) else { return };
         let Sock::Tcp(l) = &f.sock else { return };
-        let guest = SocketAddrV4::new(guest_v4(&f.spec, default_guest), f.spec.guest_port);
         for _ in 0..256 {
             match l.accept() {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
-                    out.push((s, guest, seen_from_guest(gateway, peer)));
+                    let guest = guest_target(&f.spec, peer, def);
+                    out.push((s, guest, seen_from_guest(gw, peer, guest)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return,
@@ -186,13 +227,7 @@ impl Forwards {
     }
 
     /// Datagrams arrived on a UDP rule's socket.
-    pub fn udp_readable(
-        &mut self,
-        ctx: &mut Ctx,
-        now: Instant,
-        id: u32,
-        default_guest: std::net::Ipv4Addr,
-    ) {
+    pub fn udp_readable(&mut self, ctx: &mut Ctx, now: Instant, id: u32, def: DefaultGuest) {
         if self.buf.len() < 65536 {
             self.buf.resize(65536, 0);
         }
@@ -211,8 +246,12 @@ impl Forwards {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
-            let guest = SocketAddrV4::new(guest_v4(&f.spec, default_guest), f.spec.guest_port);
-            let seen = seen_from_guest(ctx.cfg.gateway, client);
+            let guest = guest_target(&f.spec, client, def);
+            let gw = Gateways {
+                v4: ctx.cfg.gateway,
+                v6: ctx.cfg.ipv6.as_ref().map(|v| v.gateway),
+            };
+            let seen = seen_from_guest(gw, client, guest);
             let key = (guest, seen);
             match self.by_key.get(&key).copied() {
                 Some(i) => {
@@ -254,8 +293,8 @@ impl Forwards {
     pub fn udp_reply(
         &mut self,
         now: Instant,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+        src: SocketAddr,
+        dst: SocketAddr,
         payload: &[u8],
     ) -> bool {
         let Some(&i) = self.by_key.get(&(src, dst)) else {
@@ -296,14 +335,9 @@ impl Forwards {
     }
 
     /// Resume UDP rules that waited for room.
-    pub fn resume_blocked(
-        &mut self,
-        ctx: &mut Ctx,
-        now: Instant,
-        default_guest: std::net::Ipv4Addr,
-    ) {
+    pub fn resume_blocked(&mut self, ctx: &mut Ctx, now: Instant, def: DefaultGuest) {
         for id in std::mem::take(&mut self.blocked) {
-            self.udp_readable(ctx, now, id, default_guest);
+            self.udp_readable(ctx, now, id, def);
         }
     }
 
@@ -315,12 +349,5 @@ impl Forwards {
     /// Whether no rule is served.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
-    }
-}
-
-fn guest_v4(spec: &RuleSpec, default_guest: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
-    match spec.guest_addr {
-        Some(IpAddr::V4(a)) => a,
-        _ => default_guest,
     }
 }

@@ -1,20 +1,21 @@
-//! Guest ICMP: echo requests answered locally for our addresses, or relayed through
+//! Guest ICMP and ICMPv6 echo: answered locally for our addresses, or relayed through
 //! the host's unprivileged ping sockets (a raw socket when privileged).
 //!
 //! # Theory of operation
-//! An echo request to the gateway or DNS address is answered at once. Any other
-//! routable destination goes out through a host socket, and only a real reply from that
-//! destination comes back: usernet never fakes a reply. Each (guest address, echo id)
-//! gets a ping socket (`SOCK_DGRAM`/`IPPROTO_ICMP`) bound to the same id where the
-//! kernel allows it; the kernel's id in replies is rewritten back to the guest's. Ping
-//! sockets need `net.ipv4.ping_group_range` to cover our group; when they are refused
-//! a shared raw socket is used if we have `CAP_NET_RAW`; when neither works, echo
-//! requests are counted ([`DropReason::IcmpUnavailable`]) and dropped, with one warning.
-//! Mappings expire after [`ICMP_IDLE_TIMEOUT`].
+//! An echo request to the gateway, DNS or (IPv6) link-local router address is answered
+//! at once. Any other routable destination goes out through a host socket, and only a
+//! real reply from that destination comes back: usernet never fakes a reply. Each
+//! (guest address, echo id) gets a ping socket (`SOCK_DGRAM` with `IPPROTO_ICMP` or
+//! `IPPROTO_ICMPV6`) bound to the same id where the kernel allows it; the kernel's id
+//! in replies is rewritten back to the guest's. Ping sockets need
+//! `net.ipv4.ping_group_range` to cover our group; when they are refused a shared raw
+//! socket per family is used if we have `CAP_NET_RAW`; when neither works, echo
+//! requests are counted ([`DropReason::IcmpUnavailable`]) and dropped, with one
+//! warning. Mappings expire after [`ICMP_IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
 use mio::Interest;
@@ -23,11 +24,14 @@ use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
 
 use super::{Ctx, Owner, TimerKey};
 use crate::config::ICMP_IDLE_TIMEOUT;
-use crate::nat::{self, Proto, Refusal};
+use crate::nat::{self, Proto};
 use crate::stats::{DropReason, FlowKind};
 
 const ECHO_REPLY: u8 = 0;
 const ECHO_REQUEST: u8 = 8;
+/// ICMPv6 echo request.
+pub const ECHO_REQUEST6: u8 = 128;
+const ECHO_REPLY6: u8 = 129;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -38,7 +42,7 @@ enum Mode {
 }
 
 struct EchoMap {
-    guest: Ipv4Addr,
+    guest: IpAddr,
     ident: u16,
     sock: Option<mio::net::UdpSocket>,
     last_active: Instant,
@@ -48,10 +52,11 @@ struct EchoMap {
 /// All ICMP echo mappings.
 pub struct IcmpTable {
     maps: Slab<EchoMap>,
-    by_key: HashMap<(Ipv4Addr, u16), usize>,
-    raw: Option<mio::net::UdpSocket>,
-    raw_by_ident: HashMap<u16, usize>,
-    mode: Mode,
+    by_key: HashMap<(IpAddr, u16), usize>,
+    /// Per family (0: IPv4, 1: IPv6).
+    raw: [Option<mio::net::UdpSocket>; 2],
+    raw_by_ident: HashMap<(bool, u16), usize>,
+    mode: [Mode; 2],
     buf: Vec<u8>,
 }
 
@@ -60,9 +65,9 @@ impl Default for IcmpTable {
         IcmpTable {
             maps: Slab::new(),
             by_key: HashMap::new(),
-            raw: None,
+            raw: [None, None],
             raw_by_ident: HashMap::new(),
-            mode: Mode::Unknown,
+            mode: [Mode::Unknown; 2],
             buf: vec![0u8; 65536],
         }
     }
@@ -89,26 +94,53 @@ impl IcmpTable {
             ctx.drop(DropReason::IcmpUnsupported);
             return;
         }
-        let ident = u16::from_be_bytes([body[4], body[5]]);
-        let data = &body[8..];
         if dst == ctx.cfg.gateway || dst == ctx.cfg.dns {
             let hdr = [ECHO_REPLY, 0, 0, 0, body[4], body[5], body[6], body[7]];
-            if !ctx.emit.icmp(&mut ctx.txq, dst, src, hdr, data) {
+            if !ctx.emit.icmp(&mut ctx.txq, dst, src, hdr, &body[8..]) {
                 ctx.drop(DropReason::TxQueueFull);
             }
             return;
         }
-        match nat::from_guest(&ctx.cfg, Proto::Udp, SocketAddrV4::new(dst, 1)) {
-            Ok(nat::Target::Host(_)) if !dst.is_broadcast() => {}
-            Ok(_) | Err(Refusal::Unroutable) => {
-                ctx.drop(DropReason::Ipv4BadDestination);
-                return;
+        self.forward(ctx, now, IpAddr::V4(src), IpAddr::V4(dst), body);
+    }
+
+    /// An ICMPv6 echo request (`body` is the ICMPv6 message, checksum already verified).
+    pub fn handle_guest6(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        body: &[u8],
+    ) {
+        if body.len() < 8 || body[1] != 0 {
+            ctx.drop(DropReason::IcmpMalformed);
+            return;
+        }
+        if ctx.cfg.ipv6.as_ref().is_some_and(|v6| v6.is_ours(dst)) {
+            let hdr = [ECHO_REPLY6, 0, 0, 0, body[4], body[5], body[6], body[7]];
+            let mac = ctx.emit.guest_mac;
+            if !ctx
+                .emit
+                .icmp6(&mut ctx.txq, mac, dst, src, 64, hdr, &body[8..])
+            {
+                ctx.drop(DropReason::TxQueueFull);
             }
-            Err(_) => {
+            return;
+        }
+        self.forward(ctx, now, IpAddr::V6(src), IpAddr::V6(dst), body);
+    }
+
+    fn forward(&mut self, ctx: &mut Ctx, now: Instant, src: IpAddr, dst: IpAddr, body: &[u8]) {
+        match nat::from_guest(&ctx.cfg, Proto::Udp, SocketAddr::new(dst, 1)) {
+            Ok(nat::Target::Host(a))
+                if !a.ip().is_loopback() && dst != IpAddr::V4(Ipv4Addr::BROADCAST) => {}
+            _ => {
                 ctx.drop(DropReason::Ipv4BadDestination);
                 return;
             }
         }
+        let ident = u16::from_be_bytes([body[4], body[5]]);
         let Some(idx) = self.mapping(ctx, now, src, ident) else {
             return;
         };
@@ -116,12 +148,11 @@ impl IcmpTable {
             return;
         };
         m.last_active = now;
-        let target = SocketAddr::V4(SocketAddrV4::new(dst, 0));
-        let res = match (&m.sock, &self.raw) {
-            (Some(s), _) => {
-                // The kernel fills in the id and checksum of ping-socket messages.
-                s.send_to(body, target)
-            }
+        let target = SocketAddr::new(dst, 0);
+        let fam = usize::from(dst.is_ipv6());
+        // The kernel fills in the id and checksum of ping-socket messages.
+        let res = match (&m.sock, &self.raw[fam]) {
+            (Some(s), _) => s.send_to(body, target),
             (None, Some(raw)) => raw.send_to(body, target),
             (None, None) => Err(io::Error::from(io::ErrorKind::NotConnected)),
         };
@@ -131,13 +162,7 @@ impl IcmpTable {
         }
     }
 
-    fn mapping(
-        &mut self,
-        ctx: &mut Ctx,
-        now: Instant,
-        guest: Ipv4Addr,
-        ident: u16,
-    ) -> Option<usize> {
+    fn mapping(&mut self, ctx: &mut Ctx, now: Instant, guest: IpAddr, ident: u16) -> Option<usize> {
         if let Some(&i) = self.by_key.get(&(guest, ident)) {
             return Some(i);
         }
@@ -145,10 +170,12 @@ impl IcmpTable {
             ctx.drop(DropReason::IcmpTableFull);
             return None;
         }
+        let v6 = guest.is_ipv6();
+        let fam = usize::from(v6);
         let idx = self.maps.vacant_key();
         let mut sock = None;
-        if matches!(self.mode, Mode::Unknown | Mode::Ping) {
-            match crate::host::ping_socket(&ctx.cfg, ident) {
+        if matches!(self.mode[fam], Mode::Unknown | Mode::Ping) {
+            match crate::host::ping_socket(&ctx.cfg, ident, v6) {
                 Ok(mut s) => {
                     if ctx
                         .registry
@@ -158,12 +185,12 @@ impl IcmpTable {
                         ctx.drop(DropReason::IcmpUnavailable);
                         return None;
                     }
-                    self.mode = Mode::Ping;
+                    self.mode[fam] = Mode::Ping;
                     sock = Some(s);
                 }
-                Err(e) if self.mode == Mode::Unknown => {
-                    tracing::debug!(error = %e, "ping sockets unavailable, trying a raw socket");
-                    self.mode = Mode::Raw;
+                Err(e) if self.mode[fam] == Mode::Unknown => {
+                    tracing::debug!(error = %e, v6, "ping sockets unavailable, trying a raw socket");
+                    self.mode[fam] = Mode::Raw;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "ping socket failed");
@@ -172,17 +199,17 @@ impl IcmpTable {
                 }
             }
         }
-        if self.mode == Mode::Raw && self.raw.is_none() {
-            match crate::host::raw_icmp_socket(&ctx.cfg) {
+        if self.mode[fam] == Mode::Raw && self.raw[fam].is_none() {
+            match crate::host::raw_icmp_socket(&ctx.cfg, v6) {
                 Ok(mut s) => {
                     if ctx
                         .registry
-                        .register(&mut s, Owner::IcmpRaw.token(), Interest::READABLE)
+                        .register(&mut s, Owner::IcmpRaw(fam).token(), Interest::READABLE)
                         .is_err()
                     {
-                        self.mode = Mode::Unavailable;
+                        self.mode[fam] = Mode::Unavailable;
                     } else {
-                        self.raw = Some(s);
+                        self.raw[fam] = Some(s);
                     }
                 }
                 Err(e) => {
@@ -192,11 +219,11 @@ impl IcmpTable {
                          (net.ipv4.ping_group_range) and raw sockets need CAP_NET_RAW; guest pings to \
                          outside addresses are dropped"
                     );
-                    self.mode = Mode::Unavailable;
+                    self.mode[fam] = Mode::Unavailable;
                 }
             }
         }
-        if self.mode == Mode::Unavailable {
+        if self.mode[fam] == Mode::Unavailable {
             ctx.drop(DropReason::IcmpUnavailable);
             return None;
         }
@@ -208,8 +235,8 @@ impl IcmpTable {
             deadline: None,
         });
         self.by_key.insert((guest, ident), idx);
-        if self.mode == Mode::Raw {
-            self.raw_by_ident.insert(ident, idx);
+        if self.mode[fam] == Mode::Raw {
+            self.raw_by_ident.insert((v6, ident), idx);
         }
         ctx.stats.flow_opened(FlowKind::Icmp);
         if let Some(m) = self.maps.get_mut(idx) {
@@ -222,8 +249,8 @@ impl IcmpTable {
         Some(idx)
     }
 
-    /// A ping socket (`Some(idx)`) or the raw socket (`None`) is readable.
-    pub fn host_event(&mut self, ctx: &mut Ctx, now: Instant, idx: Option<usize>) {
+    /// A ping socket (`Some(idx)`) or the raw socket of family `fam` (`None`) is readable.
+    pub fn host_event(&mut self, ctx: &mut Ctx, now: Instant, idx: Option<usize>, fam: usize) {
         for _ in 0..256 {
             if !ctx.txq.has_room() {
                 // The kernel keeps the rest; echo replies are not worth a blocked list.
@@ -235,7 +262,7 @@ impl IcmpTable {
                         Some(s) => s,
                         None => return,
                     },
-                    None => match &self.raw {
+                    None => match self.raw.get(fam).and_then(|r| r.as_ref()) {
                         Some(s) => s,
                         None => return,
                     },
@@ -246,34 +273,38 @@ impl IcmpTable {
                     Err(_) => return,
                 }
             };
-            let SocketAddr::V4(from) = from else { continue };
-            let Some(src) = nat::to_guest_source(&ctx.cfg, SocketAddr::V4(from)) else {
+            let v6 = from.is_ipv6();
+            let Some(src) = nat::to_guest(&ctx.cfg, v6, from) else {
                 continue;
             };
-            // Ping sockets give the ICMP message; a raw socket the whole IP packet.
-            let (msg, map_idx) = match idx {
-                Some(i) => (&mut self.buf[..n], i),
-                None => {
-                    let hl = self.buf.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
-                    if n < hl + 8 || self.buf[hl] != ECHO_REPLY {
-                        continue;
-                    }
-                    let ident = u16::from_be_bytes([self.buf[hl + 4], self.buf[hl + 5]]);
-                    let Some(&i) = self.raw_by_ident.get(&ident) else {
-                        continue;
-                    };
-                    (&mut self.buf[hl..n], i)
-                }
+            let reply_type = if v6 { ECHO_REPLY6 } else { ECHO_REPLY };
+            // Ping sockets and raw ICMPv6 sockets give the ICMP message; a raw IPv4
+            // socket gives the whole packet.
+            let start = if idx.is_none() && !v6 {
+                self.buf.first().map_or(0, |b| usize::from(b & 0x0f) * 4)
+            } else {
+                0
             };
-            if msg.len() < 8 || msg[0] != ECHO_REPLY {
+            if n < start + 8 || self.buf[start] != reply_type {
                 continue;
             }
+            let msg = &self.buf[start..n];
+            let map_idx = match idx {
+                Some(i) => i,
+                None => {
+                    let ident = u16::from_be_bytes([msg[4], msg[5]]);
+                    match self.raw_by_ident.get(&(v6, ident)) {
+                        Some(&i) => i,
+                        None => continue,
+                    }
+                }
+            };
             let Some(m) = self.maps.get_mut(map_idx) else {
                 continue;
             };
             m.last_active = now;
             let hdr = [
-                ECHO_REPLY,
+                reply_type,
                 0,
                 0,
                 0,
@@ -282,11 +313,15 @@ impl IcmpTable {
                 msg[6],
                 msg[7],
             ];
-            let guest = m.guest;
-            if !ctx
-                .emit
-                .icmp(&mut ctx.txq, *src.ip(), guest, hdr, &msg[8..])
-            {
+            let ok = match (src.ip(), m.guest) {
+                (IpAddr::V4(s), IpAddr::V4(g)) => ctx.emit.icmp(&mut ctx.txq, s, g, hdr, &msg[8..]),
+                (IpAddr::V6(s), IpAddr::V6(g)) => {
+                    let mac = ctx.emit.guest_mac;
+                    ctx.emit.icmp6(&mut ctx.txq, mac, s, g, 64, hdr, &msg[8..])
+                }
+                _ => true,
+            };
+            if !ok {
                 ctx.drop(DropReason::TxQueueFull);
             }
         }
@@ -306,8 +341,9 @@ impl IcmpTable {
         }
         let mut m = self.maps.remove(idx);
         self.by_key.remove(&(m.guest, m.ident));
-        if self.raw_by_ident.get(&m.ident) == Some(&idx) {
-            self.raw_by_ident.remove(&m.ident);
+        let key = (m.guest.is_ipv6(), m.ident);
+        if self.raw_by_ident.get(&key) == Some(&idx) {
+            self.raw_by_ident.remove(&key);
         }
         if let Some(s) = m.sock.as_mut() {
             let _ = ctx.registry.deregister(s);

@@ -24,26 +24,38 @@
 pub mod dns;
 pub mod fwd;
 pub mod icmp;
+pub mod ndp;
 pub mod tcp;
 pub mod udp;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
 use mio::{Registry, Token};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Packet,
+    Ipv6Packet,
 };
 
 use crate::config::{Config, GATEWAY_MAC, TX_QUEUE_BYTES, TX_QUEUE_MIN_FRAMES};
 use crate::frag::{FragOutcome, Reassembler};
 use crate::frames::{
-    ETH_HLEN, ETHERTYPE_ARP, Emitter, PROTO_ICMP, PROTO_TCP, PROTO_UDP, write_eth,
+    ETH_HLEN, ETHERTYPE_ARP, Emitter, IPV6_HLEN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    write_eth,
 };
 use crate::stats::{DropReason, Stats};
 use crate::txq::TxQueue;
+
+/// Whether a hop-by-hop header (`l4`) carries an MLD message.
+fn is_mld(l4: &[u8]) -> bool {
+    let (Some(&next), Some(&len)) = (l4.first(), l4.get(1)) else {
+        return false;
+    };
+    let at = (usize::from(len) + 1) * 8;
+    next == PROTO_ICMPV6 && matches!(l4.get(at), Some(130..=132 | 143))
+}
 
 /// Tokens at or above this value belong to the router; the low ones to the event loop.
 pub const ROUTER_TOKEN_BASE: usize = 1 << 32;
@@ -58,8 +70,8 @@ pub enum Owner {
     Udp(usize),
     /// An ICMP echo mapping's ping socket.
     Icmp(usize),
-    /// The shared raw ICMP socket.
-    IcmpRaw,
+    /// The shared raw ICMP socket of a family (0: IPv4, 1: IPv6).
+    IcmpRaw(usize),
     /// The DNS relay's upstream socket (0: IPv4, 1: IPv6).
     DnsUpstream(usize),
     /// A TCP port-forward listener (rule id).
@@ -75,7 +87,7 @@ impl Owner {
             Owner::Tcp(i) => (1, i),
             Owner::Udp(i) => (2, i),
             Owner::Icmp(i) => (3, i),
-            Owner::IcmpRaw => (4, 0),
+            Owner::IcmpRaw(i) => (4, i),
             Owner::DnsUpstream(i) => (5, i),
             Owner::FwdTcp(i) => (6, i),
             Owner::FwdUdp(i) => (7, i),
@@ -91,7 +103,7 @@ impl Owner {
             1 => Owner::Tcp(i),
             2 => Owner::Udp(i),
             3 => Owner::Icmp(i),
-            4 => Owner::IcmpRaw,
+            4 => Owner::IcmpRaw(i),
             5 => Owner::DnsUpstream(i),
             6 => Owner::FwdTcp(i),
             7 => Owner::FwdUdp(i),
@@ -117,6 +129,8 @@ pub enum TimerKey {
     Dhcp,
     /// A UDP port-forward client's idle expiry.
     FwdUdp(usize),
+    /// The next unsolicited router advertisement.
+    Ra,
 }
 
 /// Ordered deadlines; each owner has at most one entry (it remembers its own).
@@ -214,7 +228,9 @@ pub struct Router {
     dhcp_out: Vec<u8>,
     /// Port forwards.
     pub fwd: fwd::Forwards,
-    accepted: Vec<(mio::net::TcpStream, SocketAddrV4, SocketAddrV4)>,
+    /// IPv6 neighbour discovery and RAs.
+    pub ndp: ndp::Ndp,
+    accepted: Vec<(mio::net::TcpStream, SocketAddr, SocketAddr)>,
 }
 
 impl Router {
@@ -264,6 +280,13 @@ impl Router {
             dhcp_deadline: None,
             dhcp_out: vec![0u8; 1500],
             fwd: fwd::Forwards::default(),
+            ndp: ndp::Ndp::new(
+                ctx.cfg
+                    .dhcp
+                    .as_ref()
+                    .map(|d| d.search.clone())
+                    .unwrap_or_default(),
+            ),
             accepted: Vec::new(),
             tcp,
             ctx,
@@ -302,7 +325,7 @@ impl Router {
         match eth.ethertype() {
             EthernetProtocol::Arp => self.handle_arp(eth.payload()),
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), src.0),
-            EthernetProtocol::Ipv6 => self.ctx.drop(DropReason::Ipv6Disabled),
+            EthernetProtocol::Ipv6 => self.handle_ipv6(now, eth.payload(), src.0),
             _ => self.ctx.drop(DropReason::UnknownEthertype),
         }
     }
@@ -414,10 +437,110 @@ impl Router {
         self.dispatch_ipv4(now, ip, proto, src_mac);
     }
 
+    fn handle_ipv6(&mut self, now: Instant, payload: &[u8], src_mac: [u8; 6]) {
+        let Some(v6) = self.ctx.cfg.ipv6.clone() else {
+            self.ctx.drop(DropReason::Ipv6Disabled);
+            return;
+        };
+        let Ok(pkt) = Ipv6Packet::new_checked(payload) else {
+            self.ctx.drop(DropReason::Ipv6Malformed);
+            return;
+        };
+        if pkt.version() != 6 {
+            self.ctx.drop(DropReason::Ipv6Malformed);
+            return;
+        }
+        let ip = &payload[..IPV6_HLEN + usize::from(pkt.payload_len())];
+        let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
+        let hop_limit = pkt.hop_limit();
+        let global_src = v6.in_prefix(src) && !v6.is_ours(src) && src != v6.prefix;
+        if !(global_src || src.is_unspecified() || src.is_unicast_link_local()) {
+            self.ctx.drop(DropReason::Ipv6BadSource);
+            return;
+        }
+        if global_src && self.ndp.guest6 != Some(src) {
+            self.ndp.guest6 = Some(src);
+        }
+        let l4 = &ip[IPV6_HLEN..];
+        match u8::from(pkt.next_header()) {
+            PROTO_ICMPV6 => {
+                let sum = smoltcp::wire::checksum::combine(&[
+                    crate::frames::pseudo_v6(src, dst, PROTO_ICMPV6, l4.len()),
+                    smoltcp::wire::checksum::data(l4),
+                ]);
+                if l4.len() < 8 || (self.ctx.cfg.verify_checksums && sum != 0xffff) {
+                    self.ctx.drop(DropReason::IcmpMalformed);
+                    return;
+                }
+                match l4[0] {
+                    133..=137 => self
+                        .ndp
+                        .handle(&mut self.ctx, &v6, src, hop_limit, l4, src_mac),
+                    icmp::ECHO_REQUEST6 if global_src || v6.is_ours(dst) => {
+                        self.icmp.handle_guest6(&mut self.ctx, now, src, dst, l4)
+                    }
+                    130..=132 | 143 => self.ctx.drop(DropReason::MldIgnored),
+                    _ => self.ctx.drop(DropReason::IcmpUnsupported),
+                }
+            }
+            PROTO_UDP => {
+                let Some(d) = udp::GuestDatagram::parse6(&self.ctx.cfg, ip) else {
+                    self.ctx.drop(DropReason::UdpMalformed);
+                    return;
+                };
+                if d.dst.port() == 547 && d.src.port() == 546 {
+                    self.handle_dhcpv6(now, src, d.payload, src_mac);
+                    return;
+                }
+                if !global_src {
+                    self.ctx.drop(DropReason::Ipv6BadSource);
+                    return;
+                }
+                if self.fwd.udp_reply(now, d.src, d.dst, d.payload) {
+                    return;
+                }
+                if dst == v6.dns && d.dst.port() == 53 && self.ctx.cfg.enable_dns {
+                    self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
+                    self.sync_dns_timer();
+                    return;
+                }
+                self.udp.handle_guest(&mut self.ctx, now, &d, ip);
+            }
+            PROTO_TCP if global_src => {
+                self.tcp.handle_segment(
+                    &mut self.ctx,
+                    &self.dns,
+                    now,
+                    ip,
+                    IpAddr::V6(src),
+                    IpAddr::V6(dst),
+                    l4,
+                );
+            }
+            PROTO_TCP => self.ctx.drop(DropReason::Ipv6BadSource),
+            0 if is_mld(l4) => self.ctx.drop(DropReason::MldIgnored),
+            0 | 43 | 44 | 60 => self.ctx.drop(DropReason::Ipv6ExtensionHeader),
+            _ => self.ctx.drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    fn handle_dhcpv6(&mut self, _now: Instant, _src: Ipv6Addr, _msg: &[u8], _src_mac: [u8; 6]) {
+        self.ctx.drop(DropReason::DhcpDisabled);
+    }
+
     /// A whole (unfragmented or reassembled) IPv4 packet.
     fn dispatch_ipv4(&mut self, now: Instant, ip: &[u8], proto: u8, src_mac: [u8; 6]) {
         match proto {
-            PROTO_TCP => self.tcp.handle_segment(&mut self.ctx, &self.dns, now, ip),
+            PROTO_TCP => {
+                let Ok(p) = Ipv4Packet::new_checked(ip) else {
+                    self.ctx.drop(DropReason::Ipv4Malformed);
+                    return;
+                };
+                let (src, dst) = (IpAddr::V4(p.src_addr()), IpAddr::V4(p.dst_addr()));
+                let hl = usize::from(p.header_len()).min(ip.len());
+                self.tcp
+                    .handle_segment(&mut self.ctx, &self.dns, now, ip, src, dst, &ip[hl..]);
+            }
             PROTO_UDP => self.handle_udp(now, ip, src_mac),
             PROTO_ICMP => self.icmp.handle_guest(&mut self.ctx, now, ip),
             _ => self.ctx.drop(DropReason::UnsupportedProtocol),
@@ -429,9 +552,10 @@ impl Router {
             self.ctx.drop(DropReason::UdpMalformed);
             return;
         };
+        let gw = IpAddr::V4(self.ctx.cfg.gateway);
         if d.dst.port() == 67
             && d.src.port() == 68
-            && (d.dst.ip().is_broadcast() || *d.dst.ip() == self.ctx.cfg.gateway)
+            && (d.dst.ip() == IpAddr::V4(Ipv4Addr::BROADCAST) || d.dst.ip() == gw)
         {
             self.handle_dhcp(now, d.payload, src_mac);
             return;
@@ -443,7 +567,10 @@ impl Router {
         if self.fwd.udp_reply(now, d.src, d.dst, d.payload) {
             return;
         }
-        if *d.dst.ip() == self.ctx.cfg.dns && d.dst.port() == 53 && self.ctx.cfg.enable_dns {
+        if d.dst.ip() == IpAddr::V4(self.ctx.cfg.dns)
+            && d.dst.port() == 53
+            && self.ctx.cfg.enable_dns
+        {
             self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
             self.sync_dns_timer();
             return;
@@ -459,8 +586,8 @@ impl Router {
         match server.handle(now, src_mac, msg, &mut self.dhcp_out) {
             usernet_dhcp::Outcome::Reply(r) => {
                 tracing::debug!(kind = ?r.message_type, dst = %r.dst_ip, "dhcp reply");
-                let src = SocketAddrV4::new(self.ctx.cfg.gateway, 67);
-                let dst = SocketAddrV4::new(r.dst_ip, 68);
+                let src = SocketAddr::V4(SocketAddrV4::new(self.ctx.cfg.gateway, 67));
+                let dst = SocketAddr::V4(SocketAddrV4::new(r.dst_ip, 68));
                 if !self.ctx.emit.udp_to(
                     &mut self.ctx.txq,
                     r.dst_mac,
@@ -487,14 +614,32 @@ impl Router {
 
     /// Where forwards without a guest address go: the `--configure` address, else the
     /// address the guest leased by DHCP, else network + 100.
-    pub fn default_guest(&self) -> std::net::Ipv4Addr {
+    pub fn default_guest(&self) -> fwd::DefaultGuest {
+        let mut v4 = self.ctx.cfg.guest;
         if !self.ctx.cfg.configured {
             let mac = self.ctx.emit.guest_mac;
             if let Some(a) = self.dhcp.as_ref().and_then(|s| s.lease_for_mac(mac)) {
-                return a;
+                v4 = a;
             }
         }
-        self.ctx.cfg.guest
+        fwd::DefaultGuest {
+            v4,
+            v6: self.ctx.cfg.ipv6.as_ref().and(self.ndp.guest6),
+        }
+    }
+
+    fn gateways(&self) -> fwd::Gateways {
+        fwd::Gateways {
+            v4: self.ctx.cfg.gateway,
+            v6: self.ctx.cfg.ipv6.as_ref().map(|v| v.gateway),
+        }
+    }
+
+    /// Send what the guest should hear as soon as its link is up (the first RA).
+    pub fn start(&mut self, now: Instant) {
+        if self.ctx.cfg.ipv6.is_some() {
+            self.ndp.start(&mut self.ctx, now);
+        }
     }
 
     /// The DHCP leases.
@@ -524,14 +669,14 @@ impl Router {
         match owner {
             Owner::Tcp(i) => self.tcp.host_event(i, readable, writable || error),
             Owner::Udp(i) => self.udp.host_event(&mut self.ctx, now, i, readable, error),
-            Owner::Icmp(i) => self.icmp.host_event(&mut self.ctx, now, Some(i)),
-            Owner::IcmpRaw => self.icmp.host_event(&mut self.ctx, now, None),
+            Owner::Icmp(i) => self.icmp.host_event(&mut self.ctx, now, Some(i), 0),
+            Owner::IcmpRaw(f) => self.icmp.host_event(&mut self.ctx, now, None, f),
             Owner::DnsUpstream(i) => {
                 self.dns.upstream_readable(&mut self.ctx, now, i);
                 self.sync_dns_timer();
             }
             Owner::FwdTcp(id) => {
-                let (guest, gw) = (self.default_guest(), self.ctx.cfg.gateway);
+                let (guest, gw) = (self.default_guest(), self.gateways());
                 let mut acc = std::mem::take(&mut self.accepted);
                 self.fwd.accept(id as u32, guest, gw, &mut acc);
                 for (stream, guest, seen) in acc.drain(..) {
@@ -598,6 +743,7 @@ impl Router {
                         .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
                 }
                 TimerKey::FwdUdp(i) => self.fwd.timer(&mut self.ctx, now, i),
+                TimerKey::Ra => self.ndp.timer(&mut self.ctx, now),
                 TimerKey::Dns => {
                     self.dns_deadline = None;
                     self.dns.on_timeout(&mut self.ctx, now);

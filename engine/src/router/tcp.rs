@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddrV4};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::Interest;
@@ -34,12 +34,12 @@ use slab::Slab;
 use smoltcp::iface::{Config as IfaceConfig, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, TcpPacket};
 
 use super::dns::DnsService;
 use super::{Ctx, Owner, TimerKey};
 use crate::config::{GATEWAY_MAC, TCP_CONNECT_TIMEOUT, TCP_IDLE_TIMEOUT};
-use crate::frames::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, write_eth};
+use crate::frames::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IcmpError, write_eth};
 use crate::nat::{self, Proto, Refusal, Target};
 use crate::stats::{DropReason, FlowKind};
 use crate::txq::TxQueue;
@@ -54,9 +54,9 @@ const EGRESS_BURST: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpKey {
     /// Guest address and port.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// Remote address and port the guest connects to.
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -219,8 +219,12 @@ impl TcpTable {
         iface.set_any_ip(true);
         let gw = ctx.cfg.gateway;
         let prefix = ctx.cfg.prefix_len;
+        let gw6 = ctx.cfg.ipv6.as_ref().map(|v| (v.gateway, v.prefix_len));
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(IpAddress::Ipv4(gw), prefix));
+            if let Some((g, p)) = gw6 {
+                let _ = a.push(IpCidr::new(IpAddress::Ipv6(g), p));
+            }
         });
         TcpTable {
             iface,
@@ -258,14 +262,19 @@ impl TcpTable {
         }
     }
 
-    /// A whole IPv4 packet carrying TCP from the guest.
-    pub fn handle_segment(&mut self, ctx: &mut Ctx, dns: &DnsService, now: Instant, ip: &[u8]) {
-        let Ok(pkt) = Ipv4Packet::new_checked(ip) else {
-            ctx.drop(DropReason::Ipv4Malformed);
-            return;
-        };
-        let (src, dst) = (pkt.src_addr(), pkt.dst_addr());
-        let Ok(seg) = TcpPacket::new_checked(pkt.payload()) else {
+    /// A whole IP packet (`ip`) carrying TCP (`l4`) from the guest `src` to `dst`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_segment(
+        &mut self,
+        ctx: &mut Ctx,
+        dns: &DnsService,
+        now: Instant,
+        ip: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        l4: &[u8],
+    ) {
+        let Ok(seg) = TcpPacket::new_checked(l4) else {
             ctx.drop(DropReason::TcpMalformed);
             return;
         };
@@ -274,8 +283,8 @@ impl TcpTable {
             return;
         }
         let key = TcpKey {
-            guest: SocketAddrV4::new(src, seg.src_port()),
-            remote: SocketAddrV4::new(dst, seg.dst_port()),
+            guest: SocketAddr::new(src, seg.src_port()),
+            remote: SocketAddr::new(dst, seg.dst_port()),
         };
         if let Some(&idx) = self.map.get(&key) {
             let smol_now = ctx.smol_now(now);
@@ -296,7 +305,10 @@ impl TcpTable {
             send_rst(ctx, &key, &seg);
             return;
         }
-        if key.guest.port() == 0 || src.is_unspecified() || dst.is_broadcast() {
+        if key.guest.port() == 0
+            || src.is_unspecified()
+            || dst == IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+        {
             ctx.drop(DropReason::TcpMalformed);
             return;
         }
@@ -339,7 +351,7 @@ impl TcpTable {
         sock.pause_synack(true);
         if sock
             .listen(IpListenEndpoint {
-                addr: Some(IpAddress::Ipv4(dst)),
+                addr: Some(dst.into()),
                 port: key.remote.port(),
             })
             .is_err()
@@ -400,8 +412,8 @@ impl TcpTable {
         ctx: &mut Ctx,
         now: Instant,
         mut host: mio::net::TcpStream,
-        guest: SocketAddrV4,
-        seen: SocketAddrV4,
+        guest: SocketAddr,
+        seen: SocketAddr,
     ) {
         if self.flows.len() >= ctx.cfg.limits.max_tcp_flows {
             ctx.drop(DropReason::TcpTableFull);
@@ -433,9 +445,9 @@ impl TcpTable {
             tcp::SocketBuffer::new(vec![0u8; n]),
         );
         sock.set_nagle_enabled(false);
-        let remote = (IpAddress::Ipv4(*guest.ip()), guest.port());
+        let remote = (IpAddress::from(guest.ip()), guest.port());
         let local = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(*key.remote.ip())),
+            addr: Some(key.remote.ip().into()),
             port: key.remote.port(),
         };
         if let Err(e) = sock.connect(self.iface.context(), remote, local) {
@@ -633,12 +645,12 @@ impl TcpTable {
         let quote = f.syn;
         let qlen = f.syn_len;
         match icmp_code_for(&e) {
-            Some(code) => {
-                let gw = ctx.cfg.gateway;
-                let guest = *f.key.guest.ip();
+            Some(kind) => {
+                let gw = gateway_for(ctx, f.key.guest.ip());
+                let guest = f.key.guest.ip();
                 if !ctx
                     .emit
-                    .icmp_error(&mut ctx.txq, gw, guest, 3, code, &quote[..qlen])
+                    .icmp_error_any(&mut ctx.txq, gw, guest, kind, &quote[..qlen])
                 {
                     ctx.drop(DropReason::TxQueueFull);
                 }
@@ -746,13 +758,21 @@ fn pump_host_to_guest(f: &mut TcpFlow) {
     }
 }
 
-/// The ICMP destination-unreachable code for a host connect error, or `None` for RST.
-fn icmp_code_for(e: &io::Error) -> Option<u8> {
+/// The ICMP error for a host connect error, or `None` for RST.
+fn icmp_code_for(e: &io::Error) -> Option<IcmpError> {
     match e.raw_os_error() {
-        Some(libc::ENETUNREACH) => Some(0),
-        Some(libc::EHOSTUNREACH) => Some(1),
-        Some(libc::EACCES) | Some(libc::EPERM) => Some(13),
+        Some(libc::ENETUNREACH) => Some(IcmpError::NetUnreachable),
+        Some(libc::EHOSTUNREACH) => Some(IcmpError::HostUnreachable),
+        Some(libc::EACCES) | Some(libc::EPERM) => Some(IcmpError::AdminProhibited),
         _ => None,
+    }
+}
+
+/// The router address that reports errors to a guest of this family.
+fn gateway_for(ctx: &Ctx, guest: IpAddr) -> IpAddr {
+    match (guest, &ctx.cfg.ipv6) {
+        (IpAddr::V6(_), Some(v6)) => IpAddr::V6(v6.gateway),
+        _ => IpAddr::V4(ctx.cfg.gateway),
     }
 }
 
@@ -764,11 +784,11 @@ fn connect_error_reply(
     e: &io::Error,
 ) {
     match icmp_code_for(e) {
-        Some(code) => {
-            let gw = ctx.cfg.gateway;
+        Some(kind) => {
+            let gw = gateway_for(ctx, key.guest.ip());
             if !ctx
                 .emit
-                .icmp_error(&mut ctx.txq, gw, *key.guest.ip(), 3, code, ip)
+                .icmp_error_any(&mut ctx.txq, gw, key.guest.ip(), kind, ip)
             {
                 ctx.drop(DropReason::TxQueueFull);
             }
@@ -793,9 +813,9 @@ fn send_rst(ctx: &mut Ctx, key: &TcpKey, seg: &TcpPacket<&[u8]>) {
     h[12] = 5 << 4;
     h[13] = 0x04 | if ack.is_some() { 0x10 } else { 0 };
     let c = !smoltcp::wire::checksum::combine(&[
-        crate::frames::pseudo_v4(
-            *key.remote.ip(),
-            *key.guest.ip(),
+        crate::frames::pseudo(
+            key.remote.ip(),
+            key.guest.ip(),
             crate::frames::PROTO_TCP,
             20,
         ),
@@ -803,11 +823,11 @@ fn send_rst(ctx: &mut Ctx, key: &TcpKey, seg: &TcpPacket<&[u8]>) {
     ]);
     h[16..18].copy_from_slice(&c.to_be_bytes());
     let mac = ctx.emit.guest_mac;
-    if !ctx.emit.ipv4(
+    if !ctx.emit.ip(
         &mut ctx.txq,
         mac,
-        *key.remote.ip(),
-        *key.guest.ip(),
+        key.remote.ip(),
+        key.guest.ip(),
         crate::frames::PROTO_TCP,
         &[&h],
     ) {

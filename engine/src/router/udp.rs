@@ -16,14 +16,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::Interest;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, recvmsg};
 use slab::Slab;
-use smoltcp::wire::{Ipv4Packet, UdpPacket};
+use smoltcp::wire::{Ipv4Packet, Ipv6Packet, UdpPacket};
 
 use super::{Ctx, Owner, TimerKey};
 use crate::config::{Config, UDP_IDLE_TIMEOUT};
@@ -36,15 +36,16 @@ const RECV_BUF: usize = 65536;
 const RECENT: Duration = Duration::from_secs(10);
 /// Skips the eviction clock may make before it evicts regardless.
 const CLOCK_SKIPS: usize = 8;
-/// ICMP origin value of `sock_extended_err` for ICMP errors.
+/// Origin values of `sock_extended_err` for ICMP and ICMPv6 errors.
 const SO_EE_ORIGIN_ICMP: u8 = 2;
+const SO_EE_ORIGIN_ICMP6: u8 = 3;
 
 /// A parsed guest UDP datagram.
 pub struct GuestDatagram<'a> {
     /// Source (the guest).
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     /// Destination.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// UDP payload.
     pub payload: &'a [u8],
 }
@@ -64,15 +65,35 @@ impl<'a> GuestDatagram<'a> {
         let len = usize::from(udp.len());
         let payload = l4.get(8..len)?;
         Some(GuestDatagram {
-            src: SocketAddrV4::new(s, udp.src_port()),
-            dst: SocketAddrV4::new(d, udp.dst_port()),
+            src: SocketAddr::V4(SocketAddrV4::new(s, udp.src_port())),
+            dst: SocketAddr::V4(SocketAddrV4::new(d, udp.dst_port())),
+            payload,
+        })
+    }
+
+    /// Parse a whole IPv6 packet whose next header is UDP (the checksum is mandatory).
+    pub fn parse6(cfg: &Config, ip: &'a [u8]) -> Option<GuestDatagram<'a>> {
+        let pkt = Ipv6Packet::new_checked(ip).ok()?;
+        let (s, d) = (pkt.src_addr(), pkt.dst_addr());
+        let l4 = ip.get(40..40 + usize::from(pkt.payload_len()))?;
+        let udp = UdpPacket::new_checked(l4).ok()?;
+        if udp.checksum() == 0
+            || (cfg.verify_checksums && !udp.verify_checksum(&s.into(), &d.into()))
+        {
+            return None;
+        }
+        let len = usize::from(udp.len());
+        let payload = l4.get(8..len)?;
+        Some(GuestDatagram {
+            src: SocketAddr::V6(SocketAddrV6::new(s, udp.src_port(), 0, 0)),
+            dst: SocketAddr::V6(SocketAddrV6::new(d, udp.dst_port(), 0, 0)),
             payload,
         })
     }
 }
 
 struct Mapping {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     sock: mio::net::UdpSocket,
     last_active: Instant,
     deadline: Option<Instant>,
@@ -83,7 +104,7 @@ struct Mapping {
 /// All UDP mappings.
 pub struct UdpTable {
     maps: Slab<Mapping>,
-    by_guest: HashMap<SocketAddrV4, usize>,
+    by_guest: HashMap<SocketAddr, usize>,
     clock: VecDeque<usize>,
     blocked: Vec<usize>,
     buf: Vec<u8>,
@@ -137,7 +158,7 @@ impl UdpTable {
             }
             Err(_) => {
                 ctx.drop(DropReason::UdpRefused);
-                port_unreachable(ctx, *d.dst.ip(), *d.src.ip(), ip);
+                port_unreachable(ctx, d.dst.ip(), d.src.ip(), ip);
                 return;
             }
         };
@@ -159,17 +180,17 @@ impl UdpTable {
                 ctx.drop(DropReason::UdpSendFailed);
                 if e.raw_os_error() == Some(libc::ECONNREFUSED) {
                     // A pending ICMP error surfaced on send; the datagram did not leave.
-                    port_unreachable(ctx, *d.dst.ip(), *d.src.ip(), ip);
+                    port_unreachable(ctx, d.dst.ip(), d.src.ip(), ip);
                 }
             }
         }
     }
 
-    fn open(&mut self, ctx: &mut Ctx, now: Instant, guest: SocketAddrV4) -> Option<usize> {
+    fn open(&mut self, ctx: &mut Ctx, now: Instant, guest: SocketAddr) -> Option<usize> {
         if self.maps.len() >= ctx.cfg.limits.max_udp_mappings {
             self.evict_one(ctx, now);
         }
-        let mut sock = match crate::host::udp_socket(&ctx.cfg, false) {
+        let mut sock = match crate::host::udp_socket(&ctx.cfg, guest.is_ipv6()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open a UDP socket");
@@ -284,7 +305,7 @@ impl UdpTable {
                 match m.sock.recv_from(&mut self.buf) {
                     Ok((n, from)) => {
                         m.last_active = now;
-                        let Some(src) = nat::to_guest_source(&ctx.cfg, from) else {
+                        let Some(src) = nat::to_guest(&ctx.cfg, m.guest.is_ipv6(), from) else {
                             ctx.drop(DropReason::Ipv4BadSource);
                             continue;
                         };
@@ -316,47 +337,86 @@ impl UdpTable {
         for _ in 0..64 {
             let mut data = [0u8; 64];
             let mut iov = [IoSliceMut::new(&mut data)];
-            let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
-            let msg = match recvmsg::<SockaddrIn>(
-                fd,
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_ERRQUEUE,
-            ) {
-                Ok(m) => m,
-                Err(_) => return,
+            // (original destination, ICMP type, code, offender)
+            let found: Option<(SocketAddr, u8, u8, Option<IpAddr>)> = if guest.is_ipv6() {
+                let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+                let Ok(msg) =
+                    recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_ERRQUEUE)
+                else {
+                    return;
+                };
+                let orig = msg
+                    .address
+                    .map(|a| SocketAddr::V6(SocketAddrV6::new(a.ip(), a.port(), 0, 0)));
+                let mut r = None;
+                if let (Some(orig), Ok(cmsgs)) = (orig, msg.cmsgs()) {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::Ipv6RecvErr(err, off) = c
+                            && err.ee_origin == SO_EE_ORIGIN_ICMP6
+                        {
+                            let off = off.map(|o| IpAddr::V6(Ipv6Addr::from(o.sin6_addr.s6_addr)));
+                            r = Some((orig, err.ee_type, err.ee_code, off));
+                        }
+                    }
+                }
+                r
+            } else {
+                let mut cmsg = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+                let Ok(msg) =
+                    recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_ERRQUEUE)
+                else {
+                    return;
+                };
+                let orig = msg
+                    .address
+                    .map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())));
+                let mut r = None;
+                if let (Some(orig), Ok(cmsgs)) = (orig, msg.cmsgs()) {
+                    for c in cmsgs {
+                        if let ControlMessageOwned::Ipv4RecvErr(err, off) = c
+                            && err.ee_origin == SO_EE_ORIGIN_ICMP
+                        {
+                            let off = off.map(|o| {
+                                IpAddr::V4(Ipv4Addr::from(u32::from_be(o.sin_addr.s_addr)))
+                            });
+                            r = Some((orig, err.ee_type, err.ee_code, off));
+                        }
+                    }
+                }
+                r
             };
-            let Some(orig) = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port())) else {
+            let Some((orig, icmp_type, code, offender)) = found else {
                 continue;
             };
-            let Ok(cmsgs) = msg.cmsgs() else { continue };
-            for c in cmsgs {
-                let ControlMessageOwned::Ipv4RecvErr(err, offender) = c else {
-                    continue;
-                };
-                if err.ee_origin != SO_EE_ORIGIN_ICMP {
-                    continue;
+            let v6 = guest.is_ipv6();
+            let seen_dst = nat::to_guest(&ctx.cfg, v6, orig).unwrap_or(orig);
+            let from = offender
+                .filter(|a| !a.is_unspecified())
+                .and_then(|a| nat::to_guest(&ctx.cfg, v6, SocketAddr::new(a, 0)))
+                .map_or(seen_dst.ip(), |s| s.ip());
+            tracing::debug!(%guest, dst = %seen_dst, icmp_type, code, "relaying ICMP error");
+            let quote = quote_udp(guest, seen_dst);
+            let ok = match (from, guest.ip()) {
+                (IpAddr::V4(f), IpAddr::V4(g)) => {
+                    ctx.emit
+                        .icmp_error(&mut ctx.txq, f, g, icmp_type, code, &quote)
                 }
-                let seen_dst = nat::to_guest_source(&ctx.cfg, SocketAddr::V4(orig)).unwrap_or(orig);
-                let from = offender
-                    .map(|o| Ipv4Addr::from(u32::from_be(o.sin_addr.s_addr)))
-                    .filter(|a| !a.is_unspecified())
-                    .and_then(|a| {
-                        nat::to_guest_source(&ctx.cfg, SocketAddr::V4(SocketAddrV4::new(a, 0)))
-                    })
-                    .map_or(*seen_dst.ip(), |s| *s.ip());
-                let quote = quote_udp(guest, seen_dst);
-                tracing::debug!(%guest, dst = %seen_dst, icmp_type = err.ee_type, code = err.ee_code, "relaying ICMP error");
-                if !ctx.emit.icmp_error(
-                    &mut ctx.txq,
-                    from,
-                    *guest.ip(),
-                    err.ee_type,
-                    err.ee_code,
-                    &quote,
-                ) {
-                    ctx.drop(DropReason::TxQueueFull);
+                (IpAddr::V6(f), IpAddr::V6(g)) => {
+                    let mac = ctx.emit.guest_mac;
+                    ctx.emit.icmp6(
+                        &mut ctx.txq,
+                        mac,
+                        f,
+                        g,
+                        64,
+                        [icmp_type, code, 0, 0, 0, 0, 0, 0],
+                        &quote,
+                    )
                 }
+                _ => true,
+            };
+            if !ok {
+                ctx.drop(DropReason::TxQueueFull);
             }
         }
     }
@@ -389,26 +449,41 @@ impl UdpTable {
     }
 }
 
-/// An IPv4 + UDP header as the guest sent it, for an ICMP error's quote.
-fn quote_udp(guest: SocketAddrV4, dst: SocketAddrV4) -> [u8; 28] {
-    let mut q = [0u8; 28];
-    q[0] = 0x45;
-    q[2..4].copy_from_slice(&28u16.to_be_bytes());
-    q[8] = 64;
-    q[9] = crate::frames::PROTO_UDP;
-    q[12..16].copy_from_slice(&guest.ip().octets());
-    q[16..20].copy_from_slice(&dst.ip().octets());
-    let c = !smoltcp::wire::checksum::data(&q[..20]);
-    q[10..12].copy_from_slice(&c.to_be_bytes());
-    q[20..22].copy_from_slice(&guest.port().to_be_bytes());
-    q[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    q[24..26].copy_from_slice(&8u16.to_be_bytes());
+/// An IP + UDP header as the guest sent it, for an ICMP error's quote.
+fn quote_udp(guest: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut udp = [0u8; 8];
+    udp[0..2].copy_from_slice(&guest.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&8u16.to_be_bytes());
+    let mut q = Vec::with_capacity(48);
+    match (guest.ip(), dst.ip()) {
+        (IpAddr::V4(g), IpAddr::V4(d)) => {
+            let mut h = [0u8; 20];
+            let hdr = crate::frames::Ipv4Hdr {
+                src: g,
+                dst: d,
+                proto: crate::frames::PROTO_UDP,
+                ident: 0,
+                ttl: 64,
+            };
+            crate::frames::write_ipv4(&mut h, &hdr, 8, 0, false);
+            q.extend_from_slice(&h);
+        }
+        (IpAddr::V6(g), IpAddr::V6(d)) => {
+            let mut h = [0u8; 40];
+            crate::frames::write_ipv6(&mut h, g, d, crate::frames::PROTO_UDP, 64, 8);
+            q.extend_from_slice(&h);
+        }
+        _ => {}
+    }
+    q.extend_from_slice(&udp);
     q
 }
 
-/// ICMP port unreachable from `from` to the guest, quoting `ip`.
-pub fn port_unreachable(ctx: &mut Ctx, from: Ipv4Addr, guest: Ipv4Addr, ip: &[u8]) {
-    if !ctx.emit.icmp_error(&mut ctx.txq, from, guest, 3, 3, ip) {
+/// ICMP (v4) or ICMPv6 port unreachable from `from` to the guest, quoting `ip`.
+pub fn port_unreachable(ctx: &mut Ctx, from: IpAddr, guest: IpAddr, ip: &[u8]) {
+    let kind = crate::frames::IcmpError::PortUnreachable;
+    if !ctx.emit.icmp_error_any(&mut ctx.txq, from, guest, kind, ip) {
         ctx.drop(DropReason::TxQueueFull);
     }
 }
