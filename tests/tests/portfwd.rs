@@ -188,6 +188,7 @@ fn publish_rules_reach_guest_httpd() {
     let hp1 = host.free_port("0.0.0.0");
     let hp2 = host.free_port("0.0.0.0");
     let hp3 = host.free_port("0.0.0.0");
+    let hp6 = host.free_port("0.0.0.0");
     let guest = Guest::new(Owner::Root);
     let opts = EngineOpts::configure(&[
         "-p",
@@ -196,6 +197,8 @@ fn publish_rules_reach_guest_httpd() {
         &format!("198.51.100.1:{hp2}:8080/tcp"),
         "--natpf",
         &format!("web,tcp,,{hp3},,8080"),
+        "-p",
+        &format!("[::1]:{hp6}:8080"),
     ]);
     let engine = Engine::start(&host, &guest, &opts);
     let s = Setup {
@@ -208,6 +211,7 @@ fn publish_rules_reach_guest_httpd() {
     curl_sha(&s, &format!("http://198.51.100.1:{hp1}/blob"), &sha);
     curl_sha(&s, &format!("http://198.51.100.1:{hp2}/blob"), &sha);
     curl_sha(&s, &format!("http://127.0.0.1:{hp3}/blob"), &sha);
+    curl_sha(&s, &format!("http://[::1]:{hp6}/blob"), &sha);
     // the rule bound to 198.51.100.1 does not listen on 127.0.0.1.
     assert_refused_soon(
         &s.host,
@@ -285,8 +289,9 @@ fn api_added_rule_works_and_remove_closes_it() {
 fn udp_forward_several_clients_interleaved() {
     let host = HostNs::new();
     let hp = host.free_port("0.0.0.0");
+    let api = api_path(&host);
     let guest = Guest::new(Owner::Root);
-    let opts = EngineOpts::configure(&["-p", &format!("{hp}:7/udp")]);
+    let opts = EngineOpts::configure(&["-a", &api.to_string_lossy(), "-p", &format!("{hp}:7/udp")]);
     let engine = Engine::start(&host, &guest, &opts);
     let s = Setup {
         engine,
@@ -358,6 +363,34 @@ fn udp_forward_several_clients_interleaved() {
     assert!(
         peers[2].starts_with("198.51.100.1:"),
         "a client from 198.51.100.1 should appear as itself: {peers:?}"
+    );
+
+    // the -p rule is listed (udp) and can be removed; its socket closes at once.
+    let l = list(&api);
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["proto"], "udp");
+    assert_eq!(l[0]["host_port"].as_u64(), Some(u64::from(hp)));
+    assert_eq!(l[0]["guest_port"].as_u64(), Some(7));
+    let id = l[0]["id"].as_u64().expect("id");
+    let v = api_json(
+        &api,
+        &format!(r#"{{"execute":"remove_hostfwd","arguments":{{"id":{id}}}}}"#),
+    );
+    assert_eq!(v, serde_json::json!({"return": {}}));
+    assert!(list(&api).is_empty());
+    let rebind = s.host.run(|| UdpSocket::bind(("0.0.0.0", hp)));
+    assert!(
+        rebind.is_ok(),
+        "after remove_hostfwd the UDP port {hp} should be free at once: {rebind:?}"
+    );
+    // nothing answers any more.
+    let (c, _) = &clients[0];
+    c.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let _ = c.send(b"after-remove");
+    assert!(
+        c.recv(&mut buf).is_err(),
+        "a removed UDP forward still answered"
     );
 }
 
