@@ -107,6 +107,23 @@ pub fn control_plane(net: &NetArgs, cfg: &crate::config::Config) -> anyhow::Resu
     })
 }
 
+/// Wrap `port` in a pcap recorder when `--pcap FILE` was given.
+pub fn wrap_pcap(
+    net: &NetArgs,
+    port: Box<dyn crate::port::Port>,
+) -> anyhow::Result<Box<dyn crate::port::Port>> {
+    match &net.pcap {
+        Some(path) => {
+            let p = crate::pcap::PcapPort::create(port, path).map_err(|e| {
+                anyhow::anyhow!("cannot create the pcap file {}: {e}", path.display())
+            })?;
+            tracing::info!(path = %path.display(), "capturing every frame to a pcap file");
+            Ok(Box::new(p))
+        }
+        None => Ok(port),
+    }
+}
+
 pub fn exit_code(exit: Exit) -> ExitCode {
     match exit {
         Exit::Signal(_) | Exit::ExitFd => ExitCode::SUCCESS,

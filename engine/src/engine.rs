@@ -274,6 +274,12 @@ pub fn run(
                 break;
             }
         }
+        match port.flush() {
+            Ok(true) => {}
+            Ok(false) => port_writable = false,
+            Err(e) if port.is_fatal(&e) => return Err(EngineError::PortGone(e)),
+            Err(e) => tracing::debug!(error = %e, "guest interface flush failed"),
+        }
     }
 }
 

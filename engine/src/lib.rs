@@ -1,7 +1,7 @@
 //! # usernet engine
 //!
-//! User-mode networking for network namespaces (a drop-in for slirp4netns) and, later,
-//! VMs. This crate owns all I/O: the event loop ([`engine`]), the L2 port ([`port`]), the
+//! User-mode networking for network namespaces (a drop-in for slirp4netns) and VMs
+//! (`usernet vm`, [`vm`]: QEMU `-netdev stream`/`dgram`). This crate owns all I/O: the event loop ([`engine`]), the L2 port ([`port`]), the
 //! router and its NAT tables ([`router`]), host sockets ([`host`]), and the namespace
 //! and TAP plumbing ([`ns`]). The protocol logic that needs no I/O lives in the sans-IO
 //! crates `usernet-dns` (the relay), `usernet-dhcp` and `usernet-portfwd`.
@@ -25,10 +25,15 @@ pub mod engine;
 pub mod frag;
 pub mod frames;
 pub mod fuzz;
+pub mod fuzz_stream;
 pub mod host;
 pub mod nat;
 pub mod ns;
+pub mod pcap;
 pub mod port;
+pub mod port_dgram;
+pub mod port_stream;
 pub mod router;
 pub mod stats;
 pub mod txq;
+pub mod vm;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use usernet_engine::app::{
-    control_plane, exit_code, if_config, init_logging, log_summary, write_pid_file,
+    control_plane, exit_code, if_config, init_logging, log_summary, wrap_pcap, write_pid_file,
 };
 use usernet_engine::cli::{FwdCli, NetnsTypeArg, NsCli, RunCli, StatsCli};
 use usernet_engine::engine::{self, LoopOptions};
@@ -19,13 +19,14 @@ use usernet_engine::stats::Stats;
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1).and_then(|a| a.to_str()) {
-        Some(sub @ ("run" | "fwd" | "stats")) => {
+        Some(sub @ ("run" | "fwd" | "stats" | "vm")) => {
             let sub = sub.to_string();
             let mut rest = vec![OsString::from(format!("usernet {sub}"))];
             rest.extend(args.into_iter().skip(2));
             match sub.as_str() {
                 "run" => cmd_run(RunCli::parse_from(rest)),
                 "fwd" => usernet_engine::client::cmd_fwd(FwdCli::parse_from(rest)),
+                "vm" => usernet_engine::vm::cmd_vm(usernet_engine::vm::VmCli::parse_from(rest)),
                 _ => usernet_engine::client::cmd_stats(StatsCli::parse_from(rest)),
             }
         }
@@ -85,7 +86,7 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
     let exit = engine::run(
         cp.poll,
         cfg,
-        Box::new(TapPort::new(tap.fd)),
+        wrap_pcap(&cli.net, Box::new(TapPort::new(tap.fd)))?,
         Some(tap.mac),
         stats.clone(),
         LoopOptions {
@@ -134,12 +135,13 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     let mut cfg = cfg;
     cfg.configured = true;
     let cp = control_plane(&cli.net, &cfg)?;
+    let port = wrap_pcap(&cli.net, Box::new(TapPort::new(fd)))?;
     child.start()?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
         cp.poll,
         cfg,
-        Box::new(TapPort::new(fd)),
+        port,
         Some(mac),
         stats.clone(),
         LoopOptions {

@@ -1,8 +1,9 @@
 //! L2 ports: where guest frames come from and go to.
 //!
 //! The router never sees a port; the event loop moves frames between a [`Port`] and the
-//! router. Today there is the TAP device of a network namespace; a QEMU stream or a
-//! switch of several guests plugs in behind the same trait.
+//! router: the TAP device of a network namespace (here), QEMU's `-netdev stream`
+//! ([`crate::port_stream`]) and `-netdev dgram` ([`crate::port_dgram`]); a pcap recorder
+//! ([`crate::pcap`]) wraps any of them.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,6 +20,12 @@ pub trait Port {
     fn read_frames(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> io::Result<bool>;
     /// Write one frame. `Ok(false)`: it would block (the frame was not taken).
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<bool>;
+    /// Called once per event-loop turn, after the queued frames were written: write out
+    /// whatever the port buffered itself (the rest of a frame a stream socket took only
+    /// in part, pcap records). `Ok(false)`: still blocked; the loop waits for writability.
+    fn flush(&mut self) -> io::Result<bool> {
+        Ok(true)
+    }
     /// Whether an error from [`write_frame`](Port::write_frame) or
     /// [`read_frames`](Port::read_frames) means the port is gone for good.
     fn is_fatal(&self, e: &io::Error) -> bool;
