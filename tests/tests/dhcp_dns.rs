@@ -493,6 +493,61 @@ fn dns_follows_resolv_conf_change() {
     assert_eq!(dig_short(&s, "www.test.example A"), "192.0.2.1", "back");
 }
 
+/// Like [`dns_follows_resolv_conf_change`], but the first query after the change is
+/// over TCP: TCP clients must follow the file as well.
+#[test]
+fn dns_follows_resolv_conf_change_over_tcp() {
+    let (s, _dm1) = dns_setup("192.0.2.1", &[]);
+    s.host.add_lo_addr("127.0.0.54/8");
+    let dm2 = Dnsmasq::start(&s.host, Ipv4Addr::new(127, 0, 0, 54), &records("192.0.2.2"));
+    dig_expect(
+        &s,
+        "+tcp www.test.example A",
+        "192.0.2.1",
+        "before, over TCP",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    s.host.set_resolv_conf("nameserver 127.0.0.54\n");
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(dig_short(&s, "+tcp www.test.example A"));
+    }
+    assert!(
+        got.iter().all(|g| g == "192.0.2.2"),
+        "TCP queries 1.6 s after resolv.conf changed to 127.0.0.54 should go there, \
+         got {got:?}; 127.0.0.54's log: {}",
+        dm2.log()
+    );
+}
+
+/// resolv.conf names a dead nameserver first and the dnsmasq second: UDP and TCP
+/// queries are still answered (the relay tries the next upstream).
+#[test]
+fn dns_second_nameserver_used_when_first_is_dead() {
+    require_tool("dig");
+    let host = HostNs::with_resolv_conf("nameserver 127.0.0.59\nnameserver 127.0.0.53\n");
+    host.add_lo_addr("127.0.0.53/8");
+    let _dm = Dnsmasq::start(&host, Ipv4Addr::new(127, 0, 0, 53), &records("192.0.2.10"));
+    let guest = Guest::new(Owner::Root);
+    let engine = Engine::start(&host, &guest, &EngineOpts::configure(&[]));
+    let s = Setup {
+        engine,
+        guest,
+        host,
+    };
+    for tcp in ["", "+tcp"] {
+        let args = format!("@{DNS} +time=5 +tries=2 +short {tcp} www.test.example A");
+        let (code, out) = dig(&s, &args);
+        assert!(
+            code == Some(0) && out.trim() == "192.0.2.10",
+            "with a dead first nameserver, dig {tcp} should get the second one's answer; \
+             dig said ({code:?}): {out}\nengine: {}",
+            s.engine.stderr()
+        );
+    }
+}
+
 /// `--dns-upstream` overrides resolv.conf.
 #[test]
 fn dns_upstream_option_overrides_resolv_conf() {
