@@ -131,6 +131,8 @@ pub enum TimerKey {
     FwdUdp(usize),
     /// The next unsolicited router advertisement.
     Ra,
+    /// DHCPv6 lease expiry.
+    Dhcp6,
 }
 
 /// Ordered deadlines; each owner has at most one entry (it remembers its own).
@@ -226,6 +228,8 @@ pub struct Router {
     dhcp: Option<usernet_dhcp::Server>,
     dhcp_deadline: Option<Instant>,
     dhcp_out: Vec<u8>,
+    dhcp6: Option<usernet_dhcp::Server6>,
+    dhcp6_deadline: Option<Instant>,
     /// Port forwards.
     pub fwd: fwd::Forwards,
     /// IPv6 neighbour discovery and RAs.
@@ -268,6 +272,31 @@ impl Router {
             })?),
             None => None,
         };
+        let dhcp6 = match ctx.cfg.ipv6.as_ref().filter(|v| v.dhcpv6) {
+            Some(v6) => {
+                let mut c =
+                    usernet_dhcp::Server6Config::default_for(v6.prefix, v6.prefix_len, GATEWAY_MAC);
+                c.dns_servers = if ctx.cfg.enable_dns {
+                    vec![v6.dns]
+                } else {
+                    Vec::new()
+                };
+                c.excluded = vec![v6.gateway, v6.dns];
+                c.search = ctx
+                    .cfg
+                    .dhcp
+                    .as_ref()
+                    .map(|d| d.search.clone())
+                    .unwrap_or_default();
+                Some(usernet_dhcp::Server6::new(c).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("DHCPv6 configuration: {e}"),
+                    )
+                })?)
+            }
+            None => None,
+        };
         Ok(Router {
             frag: Reassembler::new(ctx.cfg.limits.max_reassembly),
             frag_deadline: None,
@@ -279,6 +308,8 @@ impl Router {
             dhcp,
             dhcp_deadline: None,
             dhcp_out: vec![0u8; 1500],
+            dhcp6,
+            dhcp6_deadline: None,
             fwd: fwd::Forwards::default(),
             ndp: ndp::Ndp::new(
                 ctx.cfg
@@ -524,8 +555,35 @@ impl Router {
         }
     }
 
-    fn handle_dhcpv6(&mut self, _now: Instant, _src: Ipv6Addr, _msg: &[u8], _src_mac: [u8; 6]) {
-        self.ctx.drop(DropReason::DhcpDisabled);
+    fn handle_dhcpv6(&mut self, now: Instant, src: Ipv6Addr, msg: &[u8], src_mac: [u8; 6]) {
+        let Some(server) = self.dhcp6.as_mut() else {
+            self.ctx.drop(DropReason::DhcpDisabled);
+            return;
+        };
+        match server.handle(now, src_mac, msg, &mut self.dhcp_out) {
+            usernet_dhcp::Outcome6::Reply { len, kind } => {
+                tracing::debug!(?kind, %src, "dhcpv6 reply");
+                let from = SocketAddr::new(IpAddr::V6(crate::config::GATEWAY_LINK_LOCAL), 547);
+                let to = SocketAddr::new(IpAddr::V6(src), 546);
+                if !self.ctx.emit.udp_to(
+                    &mut self.ctx.txq,
+                    src_mac,
+                    from,
+                    to,
+                    &self.dhcp_out[..len],
+                ) {
+                    self.ctx.drop(DropReason::TxQueueFull);
+                }
+            }
+            usernet_dhcp::Outcome6::Ignored(reason) => {
+                tracing::debug!(?reason, "dhcpv6 message handled without reply");
+                self.ctx.drop(DropReason::DhcpIgnored);
+            }
+        }
+        let next = self.dhcp6.as_ref().and_then(|s| s.poll_at());
+        self.ctx
+            .timers
+            .reschedule(TimerKey::Dhcp6, &mut self.dhcp6_deadline, next);
     }
 
     /// A whole (unfragmented or reassembled) IPv4 packet.
@@ -744,6 +802,16 @@ impl Router {
                 }
                 TimerKey::FwdUdp(i) => self.fwd.timer(&mut self.ctx, now, i),
                 TimerKey::Ra => self.ndp.timer(&mut self.ctx, now),
+                TimerKey::Dhcp6 => {
+                    self.dhcp6_deadline = None;
+                    if let Some(s) = self.dhcp6.as_mut() {
+                        s.expire(now);
+                    }
+                    let next = self.dhcp6.as_ref().and_then(|s| s.poll_at());
+                    self.ctx
+                        .timers
+                        .reschedule(TimerKey::Dhcp6, &mut self.dhcp6_deadline, next);
+                }
                 TimerKey::Dns => {
                     self.dns_deadline = None;
                     self.dns.on_timeout(&mut self.ctx, now);
