@@ -352,7 +352,11 @@ impl Prepared {
 
 /// Appends `name` in RFC 1035 §3.1 wire form (length-prefixed labels, a zero byte
 /// at the end, no compression: RFC 3397 allows but does not require it).
-fn encode_name(what: &'static str, name: &str, out: &mut Vec<u8>) -> Result<(), ConfigError> {
+pub(crate) fn encode_name(
+    what: &'static str,
+    name: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), ConfigError> {
     let err = |reason| ConfigError::Name {
         what,
         name: name.to_owned(),

@@ -1,4 +1,4 @@
-//! A sans-IO DHCPv4 server for usernet's guest network.
+//! A sans-IO DHCPv4 and DHCPv6 server for usernet's guest network.
 //!
 //! # What this crate owns
 //!
@@ -22,9 +22,16 @@
 //!   and checks every index; replies are written in place; the lease table is bounded
 //!   by the pool size ([`MAX_POOL_SIZE`]). Malformed or unwanted input ends as
 //!   [`Outcome::Ignored`] with a closed [`IgnoreReason`], never an `Err`.
-//! - No relays, no BOOTP-only clients, no DHCPv6, no lease persistence across runs
+//! - No relays, no BOOTP-only clients, no lease persistence across runs
 //!   (the server is authoritative instead: a client that returns after a restart of
 //!   usernet is acknowledged if its address is free).
+//!
+//! # DHCPv6
+//!
+//! [`v6::Server6`] is the same kind of server for the guest's IPv6 link (RFC 8415):
+//! stateless answers (DNS servers, search list) and, when configured, one address per
+//! client DUID and IAID from a pool in the prefix, on the same lease table. Its module
+//! documentation says what it answers and what it leaves out.
 //!
 //! # Why our own wire code rather than `dhcproto`
 //!
@@ -48,7 +55,8 @@
 //! # Layout
 //!
 //! `wire` (message view and reply writer) → `server` (RFC 2131 state
-//! machine) → `lease` (the table: pool, bindings, memory of past addresses, deadlines);
+//! machine) → `lease` (the table: pool, bindings, memory of past addresses, deadlines;
+//! shared with [`v6`], which has its own wire code and state machine);
 //! `config` validates [`ServerConfig`] and pre-encodes options; [`cli`] parses flags;
 //! [`fuzz`] is the fuzz target.
 
@@ -60,6 +68,7 @@ mod config;
 pub mod fuzz;
 mod lease;
 mod server;
+pub mod v6;
 mod wire;
 
 #[cfg(test)]
@@ -75,6 +84,10 @@ pub use config::{
 pub use server::{
     DECLINE_HOLD, IgnoreReason, LeaseInfo, LeaseState, MIN_OUT_LEN, OFFER_TIMEOUT, Outcome, Reply,
     Server,
+};
+pub use v6::{
+    ConfigError6, IgnoreReason6, Lease6Info, Lease6State, MessageType6, Outcome6, Server6,
+    Server6Config,
 };
 pub use wire::MessageType;
 
