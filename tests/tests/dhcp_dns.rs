@@ -257,6 +257,12 @@ fn dhclient_lease_options_and_reboot() {
     // same lease file: dhclient starts in INIT-REBOOT and asks for its old address.
     let again = dhclient(&s, "a");
     check(&again, "ip", "10.0.2.15", "dhclient asking again");
+    check(
+        &again,
+        "event",
+        "REBOOT",
+        "dhclient asking again with its lease file (INIT-REBOOT ACKed)",
+    );
 
     set_mac(&s, "02:00:00:00:20:02");
     let other = dhclient(&s, "b");
