@@ -27,7 +27,7 @@
 //! As the DHCPv4 server: no I/O (the engine wraps the UDP payload and sends it from its
 //! link-local address, port 547, to the client's address and port 546), no clock reads,
 //! no randomness, no panics and no unbounded allocation on guest input. The lease table
-//! is the DHCPv4 server's ([`crate::lease`]), keyed by IAID and DUID over pool offsets,
+//! is the DHCPv4 server's (`lease`), keyed by IAID and DUID over pool offsets,
 //! so it is bounded by the pool ([`MAX_POOL_SIZE`](crate::MAX_POOL_SIZE)); a DUID is at
 //! most 130 bytes; at most [`MAX_IAS`] IA options of one message are served. Replies
 //! are at most [`MAX_REPLY_LEN`] bytes, so they cross any IPv6 link unfragmented.
