@@ -167,10 +167,11 @@ if ping -c 3 -W 5 10.0.2.2 >/tmp/ping 2>&1; then :; fi
 mark "PING $(grep -o '[0-9]* packets received' /tmp/ping)"
 
 if [ -n "$HTTP" ]; then
-    if wget -q -T 30 -O /tmp/blob "http://10.0.2.2:$HTTP/blob"; then
+    # (no -T: busybox-static 1.35 wget segfaults with it; timeout bounds it instead)
+    if timeout 60 wget -O /tmp/blob "http://10.0.2.2:$HTTP/blob" >/tmp/wget 2>&1; then
         mark "SHA256 $(sha256sum /tmp/blob | cut -d' ' -f1) size=$(wc -c </tmp/blob)"
     else
-        mark "ERROR wget"
+        mark "ERROR wget: $(cat /tmp/wget)"
     fi
 fi
 
