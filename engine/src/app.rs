@@ -92,9 +92,18 @@ pub fn control_plane(net: &NetArgs, cfg: &crate::config::Config) -> anyhow::Resu
             let (listener, guard) = control::bind_api_socket(path).map_err(|e| {
                 anyhow::anyhow!("cannot create the API socket {}: {e}", path.display())
             })?;
+            tracing::info!(path = %path.display(), "API socket listening");
+            Some((listener, guard))
+        }
+        None => None,
+    };
+    if net.enable_sandbox {
+        confine(net, cfg)?;
+    }
+    let api = match api {
+        Some((listener, guard)) => {
             control::spawn_api(listener, rules, ctl)
                 .map_err(|e| anyhow::anyhow!("cannot start the API thread: {e}"))?;
-            tracing::info!(path = %path.display(), "API socket listening");
             Some(guard)
         }
         None => None,
@@ -105,6 +114,33 @@ pub fn control_plane(net: &NetArgs, cfg: &crate::config::Config) -> anyhow::Resu
         forwards,
         api,
     })
+}
+
+/// `--enable-sandbox`: keep only the directories still needed (the API socket's and
+/// the pcap file's, read-write; resolv.conf's, read-only), pre-open what needs
+/// privileges, and enter the sandbox. Single-threaded callers only.
+fn confine(net: &NetArgs, cfg: &crate::config::Config) -> anyhow::Result<()> {
+    let parent = |p: &std::path::Path| -> Option<std::path::PathBuf> {
+        let abs = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().ok()?.join(p)
+        };
+        abs.parent().map(|d| d.to_path_buf())
+    };
+    let mut keep = Vec::new();
+    keep.extend(net.api_socket.as_deref().and_then(parent));
+    keep.extend(net.pcap.as_deref().and_then(parent));
+    let mut ro = Vec::new();
+    if let crate::router::dns::Upstreams::ResolvConf(p) = &cfg.dns_options.upstreams {
+        ro.extend(parent(p));
+        if let Ok(c) = std::fs::canonicalize(p) {
+            ro.extend(parent(&c));
+        }
+    }
+    crate::host::preopen_raw_icmp(cfg);
+    crate::sandbox::enter(&keep, &ro)?;
+    Ok(())
 }
 
 /// Wrap `port` in a pcap recorder when `--pcap FILE` was given.

@@ -91,9 +91,11 @@ pub struct NetArgs {
     /// Forward a host port, VirtualBox style: [NAME],tcp|udp,[HOSTIP],HOSTPORT,[GUESTIP],GUESTPORT (repeatable)
     #[arg(long = "natpf", value_name = "RULE", value_parser = parse_natpf)]
     pub natpf: Vec<usernet_portfwd::RuleSpec>,
-    #[arg(long = "enable-sandbox", visible_alias = "create-sandbox", hide = true)]
+    /// After setup, confine usernet: a mount namespace whose root is an empty tmpfs, and as root every capability but CAP_NET_BIND_SERVICE dropped
+    #[arg(long = "enable-sandbox", visible_alias = "create-sandbox")]
     pub enable_sandbox: bool,
-    #[arg(long = "enable-seccomp", hide = true)]
+    /// After setup, install a seccomp filter that kills usernet on any syscall outside what it needs
+    #[arg(long = "enable-seccomp")]
     pub enable_seccomp: bool,
 }
 
@@ -361,22 +363,6 @@ fn resolve_outbound(s: &str, v6: bool) -> Result<IpAddr, CliError> {
 }
 
 impl NetArgs {
-    /// Reject options this build does not implement yet.
-    pub fn check_supported(&self) -> Result<(), CliError> {
-        let unsupported = [
-            (self.enable_sandbox, "--enable-sandbox"),
-            (self.enable_seccomp, "--enable-seccomp"),
-        ];
-        for (set, name) in unsupported {
-            if set {
-                return Err(CliError(format!(
-                    "option {name} is not supported by this version of usernet yet (see usernet --help for what is)"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Every forward rule of `-p` and `--natpf`, in order.
     pub fn forward_rules(&self) -> Vec<usernet_portfwd::RuleSpec> {
         let mut v: Vec<_> = self.publish.iter().flatten().cloned().collect();
@@ -386,7 +372,6 @@ impl NetArgs {
 
     /// The engine configuration these options describe.
     pub fn to_config(&self) -> Result<Config, CliError> {
-        self.check_supported()?;
         let mut cfg = Config::new(self.cidr.network, self.cidr.prefix_len);
         cfg.mtu = self.mtu;
         cfg.disable_host_loopback = self.disable_host_loopback;
@@ -507,8 +492,14 @@ mod tests {
             .unwrap();
         assert_eq!(r.target, "1234");
         assert!(NsCli::try_parse_from(["usernet", "--netns-type=foo", "1"]).is_err());
-        let e = NsCli::try_parse_from(["usernet", "--enable-seccomp", "1"]).unwrap();
-        assert!(e.net.to_config().is_err());
+        let e =
+            NsCli::try_parse_from(["usernet", "--enable-sandbox", "--enable-seccomp", "-6", "1"])
+                .unwrap();
+        assert!(
+            e.net.enable_sandbox
+                && e.net.enable_seccomp
+                && e.net.to_config().unwrap().ipv6.is_some()
+        );
     }
 
     #[test]

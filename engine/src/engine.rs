@@ -75,6 +75,8 @@ pub struct LoopOptions {
     pub commands: Option<std::sync::mpsc::Receiver<Command>>,
     /// Forwards from the command line, already bound.
     pub forwards: Vec<(u32, usernet_portfwd::RuleSpec, BoundListener)>,
+    /// Install the seccomp filter once every setup step has run (`--enable-seccomp`).
+    pub seccomp: bool,
 }
 
 /// Run the engine until a signal, the exit fd, the child's exit, or a fatal port error.
@@ -143,6 +145,11 @@ pub fn run(
         if let Err(e) = f.write_all(b"1") {
             tracing::warn!(error = %e, "cannot write to the ready fd");
         }
+    }
+    if opts.seccomp {
+        crate::sandbox::install_seccomp().map_err(|e| {
+            setup("cannot confine the engine")(std::io::Error::other(e.to_string()))
+        })?;
     }
     router.start(now);
     tracing::info!("ready");

@@ -84,9 +84,37 @@ pub fn ping_socket(cfg: &Config, ident: u16, v6: bool) -> io::Result<mio::net::U
     Ok(mio::net::UdpSocket::from_std(s.into()))
 }
 
+/// Raw ICMP sockets opened before privileges were dropped (`--enable-sandbox` as root).
+static PREOPENED_RAW: std::sync::Mutex<[Option<Socket>; 2]> = std::sync::Mutex::new([None, None]);
+
+/// Open the raw ICMP sockets now, while `CAP_NET_RAW` may still be held; they are
+/// used later when ping sockets are not allowed. Failure is silent (ping sockets or
+/// nothing, as without a sandbox).
+pub fn preopen_raw_icmp(cfg: &Config) {
+    let mut slots = PREOPENED_RAW.lock().unwrap_or_else(|p| p.into_inner());
+    for (i, v6) in [(0, false), (1, true)] {
+        if v6 && cfg.ipv6.is_none() {
+            continue;
+        }
+        if let Ok(s) = open_raw_icmp(cfg, v6) {
+            slots[i] = Some(s);
+        }
+    }
+}
+
 /// A raw ICMP or ICMPv6 socket (needs `CAP_NET_RAW`), shared by all echo mappings of
 /// its family. The kernel computes ICMPv6 checksums on raw ICMPv6 sockets.
 pub fn raw_icmp_socket(cfg: &Config, v6: bool) -> io::Result<mio::net::UdpSocket> {
+    let pre = PREOPENED_RAW.lock().unwrap_or_else(|p| p.into_inner())[usize::from(v6)].take();
+    let s = match pre {
+        Some(s) => s,
+        None => open_raw_icmp(cfg, v6)?,
+    };
+    // A raw socket is datagram-like for our purposes: send_to/recv_from whole packets.
+    Ok(mio::net::UdpSocket::from_std(s.into()))
+}
+
+fn open_raw_icmp(cfg: &Config, v6: bool) -> io::Result<Socket> {
     let s = if v6 {
         let s = Socket::new(
             Domain::IPV6,
@@ -108,8 +136,7 @@ pub fn raw_icmp_socket(cfg: &Config, v6: bool) -> io::Result<mio::net::UdpSocket
         }
         s
     };
-    // A raw socket is datagram-like for our purposes: send_to/recv_from whole packets.
-    Ok(mio::net::UdpSocket::from_std(s.into()))
+    Ok(s)
 }
 
 /// A UDP socket for the DNS relay's upstream queries.

@@ -34,6 +34,7 @@ pub mod port;
 pub mod port_dgram;
 pub mod port_stream;
 pub mod router;
+pub mod sandbox;
 pub mod stats;
 pub mod txq;
 pub mod vm;

@@ -95,6 +95,7 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
             child: None,
             commands: Some(cp.commands),
             forwards: cp.forwards,
+            seccomp: cli.net.enable_seccomp,
         },
     )?;
     drop(cp.api);
@@ -150,6 +151,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
             child: Some((pid, pidfd)),
             commands: Some(cp.commands),
             forwards: cp.forwards,
+            seccomp: cli.net.enable_seccomp,
         },
     )?;
     drop(cp.api);

@@ -135,6 +135,7 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
             child: None,
             commands: Some(cp.commands),
             forwards: cp.forwards,
+            seccomp: cli.net.enable_seccomp,
         },
     )?;
     drop(cp.api);
