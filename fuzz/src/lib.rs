@@ -12,10 +12,12 @@ pub type Entry = fn(&[u8]);
 /// Every target: its name (the corpus directory and binary name) and entry point.
 pub const TARGETS: &[(&str, Entry)] = &[
     ("dhcpv4", usernet_dhcp::fuzz::dhcpv4),
+    ("dhcpv6", usernet_dhcp::fuzz::dhcpv6),
     ("dns_message", usernet_dns::fuzz::dns_message),
     ("portfwd_rule", usernet_portfwd::fuzz::rule),
     ("api_request", usernet_portfwd::fuzz::api_request),
     ("frame_pipeline", usernet_engine::fuzz::frame_pipeline),
+    ("stream_decoder", usernet_engine::fuzz_stream::stream_decoder),
 ];
 
 /// Look a target up by name.
