@@ -301,6 +301,44 @@ fn dhcp_static_reservation_and_range() {
     );
 }
 
+/// With --configure the engine's own guest address (10.0.2.100) is never leased, even
+/// inside the range; a full pool gives no lease (and no crash).
+#[test]
+fn dhcp_pool_skips_configured_address_and_full_pool_gives_no_lease() {
+    require_tool("udhcpc");
+    let opts = EngineOpts::configure(&["--dhcp-range=10.0.2.99-10.0.2.101"]);
+    let mut s = Setup::with(Owner::Root, &opts);
+    let mut got = Vec::new();
+    for (i, mac) in ["02:00:00:00:50:01", "02:00:00:00:50:02"]
+        .iter()
+        .enumerate()
+    {
+        set_mac(&s, mac);
+        let env = udhcpc(&s, &format!("c{i}"));
+        got.push(env.get("ip").cloned().unwrap_or_default());
+    }
+    assert_eq!(
+        got,
+        ["10.0.2.99", "10.0.2.101"],
+        "the pool 10.0.2.99-101 minus the configured 10.0.2.100"
+    );
+    // a third client: the pool is full.
+    set_mac(&s, "02:00:00:00:50:03");
+    let out = s.guest.sh(&format!(
+        "udhcpc -i tap0 -f -q -n -t 2 -T 1 -s /bin/true; echo rc=$?"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("rc=1"),
+        "a client beyond the pool should get no lease: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.engine.assert_alive("after a full pool");
+    // the first client still gets its address back.
+    set_mac(&s, "02:00:00:00:50:01");
+    check(&udhcpc(&s, "c0b"), "ip", "10.0.2.99", "first client again");
+}
+
 // ---------------------------------------------------------------------------------------
 // DNS helpers
 // ---------------------------------------------------------------------------------------

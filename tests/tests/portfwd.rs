@@ -937,3 +937,81 @@ fn podman_request_and_both_list_shapes() {
         assert_eq!(e["guest_port"].as_u64(), Some(80), "{ptr}");
     }
 }
+
+/// API clients do not block each other or the data path: one client that connects and
+/// sends nothing, one that sends a whole request without shutting down its write side
+/// (slirp4netns answers it after one read), and many quick clients during a download.
+#[test]
+fn api_clients_do_not_block_each_other_or_data() {
+    use std::os::unix::net::UnixStream;
+    let host = HostNs::new();
+    let api = api_path(&host);
+    let hp = host.free_port("0.0.0.0");
+    let guest = Guest::new(Owner::Root);
+    let opts = EngineOpts::configure(&["-a", &api.to_string_lossy(), "-p", &format!("{hp}:8080")]);
+    let engine = Engine::start(&host, &guest, &opts);
+    let s = Setup {
+        engine,
+        guest,
+        host,
+    };
+    let (_httpd, sha) = guest_httpd(&s, 8080, 4);
+
+    // an idle client, held open for the whole test.
+    let idle = UnixStream::connect(&api).expect("connect idle client");
+    let t = Instant::now();
+    assert_eq!(
+        list(&api).len(),
+        1,
+        "list while an idle client is connected"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "an idle API client delayed another one by {:?}",
+        t.elapsed()
+    );
+
+    // a whole request, write side left open.
+    let mut open = UnixStream::connect(&api).expect("connect");
+    open.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    open.write_all(br#"{"execute":"list_hostfwd"}"#)
+        .expect("write");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        match open.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    let v: Value = serde_json::from_slice(&reply).unwrap_or_else(|e| {
+        panic!(
+            "a complete request without shutdown(SHUT_WR) should be answered ({e}): {:?}",
+            String::from_utf8_lossy(&reply)
+        )
+    });
+    assert_eq!(entries_of(&v).len(), 1, "{v}");
+
+    // many API calls while curl downloads through the forward.
+    let api2 = api.clone();
+    let lister = thread::spawn(move || {
+        let mut ok = 0;
+        for _ in 0..40 {
+            if api_call(&api2, br#"{"execute":"list_hostfwd"}"#).is_ok_and(|r| !r.is_empty()) {
+                ok += 1;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        ok
+    });
+    curl_sha(&s, &format!("http://127.0.0.1:{hp}/blob"), &sha);
+    let ok = lister.join().expect("lister");
+    assert_eq!(
+        ok, 40,
+        "every API call during the download should be answered"
+    );
+    drop(idle);
+}
