@@ -324,9 +324,9 @@ fn dhcp_pool_skips_configured_address_and_full_pool_gives_no_lease() {
     );
     // a third client: the pool is full.
     set_mac(&s, "02:00:00:00:50:03");
-    let out = s.guest.sh(&format!(
-        "udhcpc -i tap0 -f -q -n -t 2 -T 1 -s /bin/true; echo rc=$?"
-    ));
+    let out = s
+        .guest
+        .sh("udhcpc -i tap0 -f -q -n -t 2 -T 1 -s /bin/true; echo rc=$?");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         text.contains("rc=1"),
