@@ -14,7 +14,7 @@ use clap::{ArgGroup, Parser};
 
 use crate::app::{control_plane, exit_code, init_logging, log_summary, wrap_pcap, write_pid_file};
 use crate::cli::NetArgs;
-use crate::engine::{self, LoopOptions};
+use crate::engine::{self, EngineError, LoopOptions};
 use crate::port::Port;
 use crate::port_dgram::{DgramAddr, DgramPort};
 use crate::port_stream::{StreamAddr, StreamPort};
@@ -41,7 +41,7 @@ pub struct VmCli {
     /// QEMU -netdev dgram: bind unix:LOCAL, send to REMOTE (default: the last sender)
     #[arg(long, value_name = "unix:LOCAL[,REMOTE]", value_parser = DgramAddr::parse)]
     pub dgram: Option<DgramAddr>,
-    /// Serve this already connected stream socket (same framing as --stream); exit when it closes
+    /// Serve this already connected stream socket (same framing as --stream); exit (0) when it closes
     #[arg(long, value_name = "FD")]
     pub fd: Option<i32>,
     /// Exit when this file descriptor becomes readable or is closed
@@ -137,10 +137,20 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
             forwards: cp.forwards,
             seccomp: cli.net.enable_seccomp,
         },
-    )?;
+    );
     drop(cp.api);
     log_summary(&stats);
-    Ok(exit_code(exit))
+    match exit {
+        Ok(exit) => Ok(exit_code(exit)),
+        // --fd: the VM closing its end of the socket is the normal end of its life.
+        Err(EngineError::PortGone(e))
+            if cli.fd.is_some() && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            tracing::info!("the VM closed its connection; exiting");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn describe_stream(a: &StreamAddr) -> String {

@@ -17,7 +17,9 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -135,8 +137,33 @@ struct VmEngine {
     fwd_port: u16,
 }
 
+/// Makes `fd` the child's descriptor `target` (kept open across exec).
+fn pass_fd(c: &mut Command, fd: &OwnedFd, target: RawFd) {
+    let raw = fd.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls dup2/fcntl, which are
+    // async-signal-safe, on descriptors that stay open until the child is spawned.
+    unsafe {
+        c.pre_exec(move || {
+            let r = if raw == target {
+                libc::fcntl(raw, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(raw, target)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl VmEngine {
     fn start(h: &HostSide, socket_args: &[&str]) -> VmEngine {
+        VmEngine::start_with_fd(h, socket_args, None)
+    }
+
+    /// Like [`VmEngine::start`], handing `fd` to the engine as its descriptor 3.
+    fn start_with_fd(h: &HostSide, socket_args: &[&str], fd: Option<OwnedFd>) -> VmEngine {
         let dir = &h.host.dir;
         let log = dir.join("engine.log");
         let api = dir.join("api.sock");
@@ -153,7 +180,11 @@ impl VmEngine {
             .arg("--pcap")
             .arg(&pcap)
             .env("USERNET_LOG", "info");
+        if let Some(fd) = &fd {
+            pass_fd(&mut c, fd, 3);
+        }
         let mut proc_ = BgChild::start(&mut c, &log);
+        drop(fd); // the engine has its own copy now
         let start = Instant::now();
         loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
@@ -220,6 +251,17 @@ impl Vm {
     /// Boots the guest with `netdev` (the `-netdev` value, id n0); `in_host` runs QEMU in
     /// the host namespace (for TCP).
     fn boot(h: &HostSide, netdev: &str, in_host: bool, tag: &str) -> Vm {
+        Vm::boot_with_fd(h, netdev, in_host, tag, None)
+    }
+
+    /// Like [`Vm::boot`], handing `fd` to QEMU as its descriptor 3.
+    fn boot_with_fd(
+        h: &HostSide,
+        netdev: &str,
+        in_host: bool,
+        tag: &str,
+        fd: Option<OwnedFd>,
+    ) -> Vm {
         let img = image();
         let console = h.host.dir.join(format!("console-{tag}.log"));
         let qemu_log = h.host.dir.join(format!("qemu-{tag}.log"));
@@ -248,8 +290,12 @@ impl Vm {
                 &format!("virtio-net-pci,netdev=n0,mac={GUEST_MAC}"),
             ])
             .args(["-netdev", netdev]);
+        if let Some(fd) = &fd {
+            pass_fd(&mut c, fd, 3);
+        }
         let started = Instant::now();
         let proc_ = BgChild::start(&mut c, &qemu_log);
+        drop(fd);
         Vm {
             proc_,
             console,
@@ -533,4 +579,101 @@ fn vm_restart_reconnects_and_keeps_the_lease() {
     let log = e.log();
     assert_eq!(log.matches("guest connected").count(), 2, "{log}");
     assert!(log.contains("refusing a second guest connection"), "{log}");
+}
+
+/// `usernet vm --fd 3`: a stream socket a parent connected (here one end of a socketpair,
+/// the other is QEMU's `addr.type=fd`). The guest gets the whole network; when QEMU goes
+/// away the engine exits with status 0.
+#[test]
+fn vm_fd_preconnected_socket_serves_the_guest_then_exits() {
+    let _one = one_vm_at_a_time();
+    image();
+    let h = HostSide::new();
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    let mut e = VmEngine::start_with_fd(&h, &["--fd", "3"], Some(OwnedFd::from(ours)));
+    let mut vm = Vm::boot_with_fd(
+        &h,
+        "stream,id=n0,server=off,addr.type=fd,addr.str=3",
+        false,
+        "fd",
+        Some(OwnedFd::from(theirs)),
+    );
+    check_guest(&mut vm, &h, &e, "--fd");
+    check_forward(&h, &e, 5, "--fd");
+    e.assert_alive("while the VM runs");
+    drop(vm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = e.proc_.try_wait() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usernet vm --fd did not exit after the VM closed its socket:\n{}",
+            e.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "usernet vm --fd should exit 0 when the VM goes away: {status}\n{}",
+        e.log()
+    );
+    assert!(
+        e.log().contains("the VM closed its connection"),
+        "{}",
+        e.log()
+    );
+}
+
+/// `--pcap` in namespace mode (`usernet run`): the guest's pings to the gateway and the
+/// replies are in the file, as Ethernet frames.
+#[test]
+fn pcap_in_namespace_mode_records_both_directions() {
+    let host = HostNs::new();
+    let pcap = host.dir.join("run.pcap");
+    let mut c = host.command(&engine_bin().to_string_lossy());
+    c.args(["run", "--pcap"]).arg(&pcap).args([
+        "--",
+        "sh",
+        "-c",
+        "busybox ping -c 3 -W 5 10.0.2.2",
+    ]);
+    let out = run_timeout(&mut c, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "usernet run --pcap ... ping failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = fs::read(&pcap).expect("the pcap file");
+    assert_eq!(&b[..4], &0xa1b2_c3d4u32.to_ne_bytes(), "pcap magic");
+    assert_eq!(
+        u32::from_ne_bytes([b[20], b[21], b[22], b[23]]),
+        1,
+        "LINKTYPE_ETHERNET"
+    );
+    let (mut requests, mut replies, mut i) = (0, 0, 24);
+    while i + 16 <= b.len() {
+        let incl = u32::from_ne_bytes([b[i + 8], b[i + 9], b[i + 10], b[i + 11]]) as usize;
+        let f = &b[i + 16..i + 16 + incl];
+        // IPv4, ICMP, between 10.0.2.100 and 10.0.2.2.
+        if f.len() >= 34 + 8 && f[12..14] == [8, 0] && f[23] == 1 {
+            let (src, dst, ty) = (&f[26..30], &f[30..34], f[34]);
+            if src == [10, 0, 2, 100] && dst == [10, 0, 2, 2] && ty == 8 {
+                requests += 1;
+            }
+            if src == [10, 0, 2, 2] && dst == [10, 0, 2, 100] && ty == 0 {
+                replies += 1;
+            }
+        }
+        i += 16 + incl;
+    }
+    assert_eq!(i, b.len(), "truncated pcap record");
+    assert_eq!(
+        (requests, replies),
+        (3, 3),
+        "echo requests/replies in the pcap"
+    );
 }
