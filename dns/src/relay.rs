@@ -385,30 +385,32 @@ impl<C: Copy> Relay<C> {
         action
     }
 
-    fn query(&mut self, now: Instant, client: C, query: &[u8], out: &mut [u8]) -> QueryAction {
-        use QueryAction::Drop;
+    /// The local answer to `query` when it asks for one of the local names (written
+    /// into `out`, its length returned); `Ok(None)` when it must go upstream; `Err` when
+    /// it is malformed. No state changes: the TCP path of the engine uses this to answer
+    /// local names on a stream and pass everything else through.
+    pub fn local_answer(&self, query: &[u8], out: &mut [u8]) -> Result<Option<usize>, DropReason> {
         if query.len() > self.cfg.max_query_len {
-            return Drop(DropReason::TooLong);
+            return Err(DropReason::TooLong);
         }
         let Ok(h) = Header::new_checked(query) else {
-            return Drop(DropReason::ShortHeader);
+            return Err(DropReason::ShortHeader);
         };
         if h.is_response() {
-            return Drop(DropReason::NotAQuery);
+            return Err(DropReason::NotAQuery);
         }
         if h.qdcount() != 1 {
-            return Drop(DropReason::BadCounts);
+            return Err(DropReason::BadCounts);
         }
         let q = match Question::parse(query, HEADER_LEN) {
             Ok(q) => q,
-            Err(e) => return Drop(DropReason::BadName(e)),
+            Err(e) => return Err(DropReason::BadName(e)),
         };
         let records =
             usize::from(h.ancount()) + usize::from(h.nscount()) + usize::from(h.arcount());
         if records * MIN_RECORD_LEN > query.len().saturating_sub(q.end) {
-            return Drop(DropReason::BadCounts);
+            return Err(DropReason::BadCounts);
         }
-
         if h.opcode() == wire::opcode::QUERY
             && matches!(q.qclass, class::IN | wire::rtype::ANY)
             && self
@@ -423,11 +425,28 @@ impl<C: Copy> Relay<C> {
                 self.cfg.local_addr6,
                 out,
             ) {
-                Some(len) => QueryAction::Local { len },
-                None => Drop(DropReason::OutTooSmall),
+                Some(len) => Ok(Some(len)),
+                None => Err(DropReason::OutTooSmall),
             };
         }
+        Ok(None)
+    }
 
+    fn query(&mut self, now: Instant, client: C, query: &[u8], out: &mut [u8]) -> QueryAction {
+        use QueryAction::Drop;
+        match self.local_answer(query, out) {
+            Err(r) => return Drop(r),
+            Ok(Some(len)) => return QueryAction::Local { len },
+            Ok(None) => {}
+        }
+        // Validated by local_answer; parsed again for the header id and question end.
+        let Ok(h) = Header::new_checked(query) else {
+            return Drop(DropReason::ShortHeader);
+        };
+        let q = match Question::parse(query, HEADER_LEN) {
+            Ok(q) => q,
+            Err(e) => return Drop(DropReason::BadName(e)),
+        };
         let n_ups = self.cfg.upstreams.len();
         if n_ups == 0 {
             return Drop(DropReason::NoUpstream);

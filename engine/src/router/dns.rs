@@ -5,7 +5,8 @@
 //! (re-read when the file changes, checked at most once a second when queries arrive).
 //! Upstreams on the host's loopback (127.0.0.53, ::1) work because usernet lives in the
 //! host's network namespace. TCP to 10.0.2.3:53 is an ordinary TCP flow whose host side
-//! connects to the first upstream ([`DnsService::tcp_upstream`]).
+//! connects to the upstreams in turn, with local names answered on the stream
+//! ([`super::dns_tcp`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -107,9 +108,16 @@ impl DnsService {
         })
     }
 
-    /// Where a guest's TCP connection to the DNS address goes.
-    pub fn tcp_upstream(&self) -> Option<SocketAddr> {
-        self.relay.upstreams().first().copied()
+    /// Where a guest's TCP connection to the DNS address goes: the upstreams in order
+    /// (the next is tried when a connect fails), after re-reading resolv.conf if due.
+    pub fn tcp_upstreams(&mut self, now: Instant) -> Vec<SocketAddr> {
+        self.maybe_reload(now);
+        self.relay.upstreams().to_vec()
+    }
+
+    /// The local answer to a query that arrived over TCP, if it asks for a local name.
+    pub fn local_answer(&self, query: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.relay.local_answer(query, out).ok().flatten()
     }
 
     /// The next retry deadline.

@@ -22,6 +22,7 @@
 //! flows live in one ordered set, so expiry never scans the tables.
 
 pub mod dns;
+pub mod dns_tcp;
 pub mod fwd;
 pub mod icmp;
 pub mod ndp;
@@ -540,7 +541,7 @@ impl Router {
             PROTO_TCP if global_src => {
                 self.tcp.handle_segment(
                     &mut self.ctx,
-                    &self.dns,
+                    &mut self.dns,
                     now,
                     ip,
                     IpAddr::V6(src),
@@ -597,7 +598,7 @@ impl Router {
                 let (src, dst) = (IpAddr::V4(p.src_addr()), IpAddr::V4(p.dst_addr()));
                 let hl = usize::from(p.header_len()).min(ip.len());
                 self.tcp
-                    .handle_segment(&mut self.ctx, &self.dns, now, ip, src, dst, &ip[hl..]);
+                    .handle_segment(&mut self.ctx, &mut self.dns, now, ip, src, dst, &ip[hl..]);
             }
             PROTO_UDP => self.handle_udp(now, ip, src_mac),
             PROTO_ICMP => self.icmp.handle_guest(&mut self.ctx, now, ip),
@@ -752,12 +753,12 @@ impl Router {
 
     /// Poll every flow touched since the last call, once.
     pub fn process(&mut self, now: Instant) {
-        self.tcp.process_dirty(&mut self.ctx, now);
+        self.tcp.process_dirty(&mut self.ctx, now, &self.dns);
     }
 
     /// After the port drained: resume flows and readers that waited for queue room.
     pub fn tx_drained(&mut self, now: Instant) {
-        self.tcp.resume_blocked(&mut self.ctx, now);
+        self.tcp.resume_blocked(&mut self.ctx, now, &self.dns);
         self.udp.resume_blocked(&mut self.ctx, now);
         let guest = self.default_guest();
         self.fwd.resume_blocked(&mut self.ctx, now, guest);
@@ -819,6 +820,6 @@ impl Router {
                 }
             }
         }
-        self.tcp.process_dirty(&mut self.ctx, now);
+        self.tcp.process_dirty(&mut self.ctx, now, &self.dns);
     }
 }

@@ -37,6 +37,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, TcpPacket};
 
 use super::dns::DnsService;
+use super::dns_tcp::{self, DnsStream};
 use super::{Ctx, Owner, TimerKey};
 use crate::config::{GATEWAY_MAC, TCP_CONNECT_TIMEOUT, TCP_IDLE_TIMEOUT};
 use crate::frames::{ETH_HLEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IcmpError, write_eth};
@@ -87,6 +88,8 @@ struct TcpFlow {
     dirty: bool,
     tx_blocked: bool,
     deadline: Option<Instant>,
+    /// DNS over TCP to the DNS address: framing, local names, upstream failover.
+    dns: Option<Box<DnsStream>>,
 }
 
 /// The smoltcp device for one flow: at most one received IP packet in, frames out into
@@ -267,7 +270,7 @@ impl TcpTable {
     pub fn handle_segment(
         &mut self,
         ctx: &mut Ctx,
-        dns: &DnsService,
+        dns: &mut DnsService,
         now: Instant,
         ip: &[u8],
         src: IpAddr,
@@ -320,9 +323,15 @@ impl TcpTable {
             ctx.drop(DropReason::TcpHalfOpenFull);
             return;
         }
+        let mut dns_stream = None;
         let target = match nat::from_guest(&ctx.cfg, Proto::Tcp, key.remote) {
             Ok(Target::Host(a)) => Some(a),
-            Ok(Target::Dns) => dns.tcp_upstream(),
+            Ok(Target::Dns) => {
+                let ups = dns.tcp_upstreams(now);
+                let first = ups.first().copied();
+                dns_stream = Some(Box::new(DnsStream::new(ups)));
+                first
+            }
             Err(Refusal::Unroutable) if dst.is_multicast() => {
                 ctx.drop(DropReason::Ipv4BadDestination);
                 return;
@@ -397,6 +406,7 @@ impl TcpTable {
             dirty: false,
             tx_blocked: false,
             deadline: None,
+            dns: dns_stream,
         });
         self.map.insert(key, idx);
         self.half_open += 1;
@@ -486,6 +496,7 @@ impl TcpTable {
             dirty: false,
             tx_blocked: false,
             deadline: None,
+            dns: None,
         });
         self.map.insert(key, idx);
         ctx.stats.flow_opened(FlowKind::Tcp);
@@ -521,7 +532,7 @@ impl TcpTable {
     }
 
     /// Resume flows that waited for room in the frame queue.
-    pub fn resume_blocked(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub fn resume_blocked(&mut self, ctx: &mut Ctx, now: Instant, dns: &DnsService) {
         let blocked = std::mem::take(&mut self.blocked);
         for idx in &blocked {
             if let Some(f) = self.flows.get_mut(*idx) {
@@ -531,22 +542,22 @@ impl TcpTable {
         }
         self.blocked = blocked;
         self.blocked.clear();
-        self.process_dirty(ctx, now);
+        self.process_dirty(ctx, now, dns);
     }
 
     /// Poll every flow marked dirty, once each.
-    pub fn process_dirty(&mut self, ctx: &mut Ctx, now: Instant) {
+    pub fn process_dirty(&mut self, ctx: &mut Ctx, now: Instant, dns: &DnsService) {
         let mut i = 0;
         // Processing may mark further flows dirty (none today); walk by index.
         while i < self.dirty.len() {
             let idx = self.dirty[i];
             i += 1;
-            self.process_flow(ctx, now, idx);
+            self.process_flow(ctx, now, idx, dns);
         }
         self.dirty.clear();
     }
 
-    fn process_flow(&mut self, ctx: &mut Ctx, now: Instant, idx: usize) {
+    fn process_flow(&mut self, ctx: &mut Ctx, now: Instant, idx: usize, dns: &DnsService) {
         let Some(f) = self.flows.get_mut(idx) else {
             return;
         };
@@ -578,8 +589,12 @@ impl TcpTable {
             f.phase = Phase::Open;
         }
         if f.phase != Phase::Connecting {
-            pump_guest_to_host(f);
-            pump_host_to_guest(f);
+            if f.dns.is_some() {
+                pump_dns(f, dns);
+            } else {
+                pump_guest_to_host(f);
+                pump_host_to_guest(f);
+            }
         }
         let smol_now = ctx.smol_now(now);
         {
@@ -642,6 +657,29 @@ impl TcpTable {
             return;
         };
         tracing::debug!(flow = idx, guest = %f.key.guest, remote = %f.key.remote, error = %e, "tcp flow: host connect failed");
+        // DNS over TCP: try the next upstream before giving up.
+        if let Some(st) = f.dns.as_mut()
+            && let Some(&next) = st.upstreams.get(st.next)
+        {
+            st.next += 1;
+            if let Ok(mut h) = crate::host::tcp_connect(&ctx.cfg, next) {
+                let _ = ctx.registry.deregister(&mut f.host);
+                if ctx
+                    .registry
+                    .register(
+                        &mut h,
+                        Owner::Tcp(idx).token(),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .is_ok()
+                {
+                    tracing::debug!(flow = idx, upstream = %next, "dns over tcp: trying the next upstream");
+                    f.host = h;
+                    f.host_writable = false;
+                    return;
+                }
+            }
+        }
         let quote = f.syn;
         let qlen = f.syn_len;
         match icmp_code_for(&e) {
@@ -682,6 +720,39 @@ impl TcpTable {
         }
         ctx.stats.flow_closed(FlowKind::Tcp);
         tracing::debug!(flow = idx, graceful, "tcp flow released");
+    }
+}
+
+/// The pumps of a DNS-over-TCP flow, with the same FIN and error handling.
+fn pump_dns(f: &mut TcpFlow, dns: &DnsService) {
+    let TcpFlow {
+        set,
+        handle,
+        host,
+        dns: st,
+        ..
+    } = f;
+    let Some(st) = st.as_mut() else { return };
+    let sock = set.get_mut::<tcp::Socket>(*handle);
+    let r = dns_tcp::pump_g2h(st, sock, host, &mut f.host_writable, dns)
+        .and_then(|()| dns_tcp::pump_h2g(st, sock, host, &mut f.host_readable, &mut f.host_eof));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "dns over tcp: host socket failed: reset");
+        f.host_eof = true;
+        sock.abort();
+        return;
+    }
+    let guest_done = matches!(
+        sock.state(),
+        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
+    );
+    if guest_done && sock.recv_queue() == 0 && st.g2h_idle() && !f.host_wr_shut {
+        f.guest_fin = true;
+        f.host_wr_shut = true;
+        let _ = host.shutdown(Shutdown::Write);
+    }
+    if f.host_eof && !st.has_local() && sock.may_send() {
+        sock.close();
     }
 }
 
