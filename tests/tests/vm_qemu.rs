@@ -37,8 +37,9 @@ const GUEST_MAC: &str = "52:54:00:12:34:56";
 const GUEST_ECHO_PORT: u16 = 7000;
 /// Boot to "USERNET-READY" (TCG: seconds to tens of seconds).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Size of the file the guest downloads.
-const BLOB_LEN: usize = 300_000;
+/// Size of the file the guest downloads: large enough that the guest (slow under TCG)
+/// falls behind and the engine's writes to its socket would block.
+const BLOB_LEN: usize = 8 << 20;
 
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
@@ -217,6 +218,17 @@ impl VmEngine {
         if let Some(st) = self.proc_.try_wait() {
             panic!("usernet vm exited {what} ({st}):\n{}", self.log());
         }
+    }
+
+    /// A drop counter of the stats API (0 when absent).
+    fn drops(&self, reason: &str) -> u64 {
+        let v = api_json(&self.api, r#"{"execute":"stats"}"#);
+        let stats = v.get("return").unwrap_or(&v);
+        stats
+            .get("drops")
+            .and_then(|d| d.get(reason))
+            .and_then(|n| n.as_u64())
+            .unwrap_or(0)
     }
 
     /// The stats API's DHCP leases as (addr, mac).
@@ -478,6 +490,11 @@ fn vm_stream_unix_guest_has_the_whole_network() {
     check_forward(&h, &e, 1, "stream");
     e.assert_alive("during the stream test");
     assert_eq!(
+        e.drops("port_write_failed"),
+        0,
+        "a frame toward the connected guest was dropped"
+    );
+    assert_eq!(
         e.leases(),
         vec![("10.0.2.15".to_string(), GUEST_MAC.to_string())]
     );
@@ -509,6 +526,11 @@ fn vm_dgram_unix_guest_has_the_whole_network() {
     check_guest(&mut vm, &h, &e, "dgram");
     check_forward(&h, &e, 2, "dgram");
     e.assert_alive("during the dgram test");
+    assert_eq!(
+        e.drops("port_write_failed"),
+        0,
+        "a frame toward the guest was dropped"
+    );
     check_pcap(&e);
 }
 
