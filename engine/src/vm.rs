@@ -116,6 +116,11 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
     if let Some(h) = qemu_hint(&cli, bound_tcp) {
         tracing::info!("QEMU arguments: {h}");
         eprintln!("usernet: start QEMU with:\n    {h}");
+        if cli.stream.is_some() {
+            eprintln!(
+                "usernet: (QEMU 8.0 or later: add reconnect=1 to -netdev to redial if usernet restarts)"
+            );
+        }
     }
     tracing::info!(
         mtu = cfg.mtu,
