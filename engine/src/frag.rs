@@ -1,4 +1,4 @@
-//! IPv4 reassembly of guest fragments (UDP and ICMP datagrams up to 64 KiB).
+//! IPv4 and IPv6 reassembly of guest fragments (UDP and ICMP datagrams up to 64 KiB).
 //!
 //! # Theory of operation
 //! A guest at MTU 1500 that sends a 60 KB UDP datagram sends about 41 fragments. Each
@@ -11,7 +11,7 @@
 //! Buffers are recycled. Expiry walks a deque in arrival order, never the whole table.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use smoltcp::wire::{Ipv4Packet, checksum};
@@ -26,15 +26,16 @@ const MAX_PAYLOAD: usize = 65535 - 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 struct Key {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     proto: u8,
-    ident: u16,
+    ident: u32,
 }
 
 struct Entry {
-    /// 20-byte header of the first fragment, then the payload.
+    /// The header of the first fragment (20 bytes for IPv4, 40 for IPv6), then the payload.
     buf: Vec<u8>,
+    hlen: usize,
     ranges: Vec<(usize, usize)>,
     total: Option<usize>,
     have_first: bool,
@@ -123,16 +124,51 @@ impl Reassembler {
     /// Add one fragment (a checked IPv4 packet with MF set or a non-zero offset).
     pub fn push(&mut self, now: Instant, pkt: &Ipv4Packet<&[u8]>) -> FragOutcome {
         let key = Key {
-            src: pkt.src_addr(),
-            dst: pkt.dst_addr(),
+            src: pkt.src_addr().into(),
+            dst: pkt.dst_addr().into(),
             proto: pkt.next_header().into(),
-            ident: pkt.ident(),
+            ident: u32::from(pkt.ident()),
         };
+        let hdr = &pkt.as_ref()[..20];
         let off = usize::from(pkt.frag_offset());
-        let data = pkt.payload();
+        self.push_fragment(now, key, off, pkt.more_frags(), pkt.payload(), hdr)
+    }
+
+    /// Add one IPv6 fragment: `ip` is the whole packet, whose next header (right after the
+    /// 40-byte fixed header) is the Fragment header.
+    pub fn push6(&mut self, now: Instant, ip: &[u8]) -> FragOutcome {
+        let Some(fh) = ip.get(40..48) else {
+            return FragOutcome::Dropped(DropReason::FragmentInvalid);
+        };
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        dst.copy_from_slice(&ip[24..40]);
+        let key = Key {
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            proto: fh[0],
+            ident: u32::from_be_bytes([fh[4], fh[5], fh[6], fh[7]]),
+        };
+        let om = u16::from_be_bytes([fh[2], fh[3]]);
+        let off = usize::from(om & !7);
+        let more = om & 1 == 1;
+        self.push_fragment(now, key, off, more, &ip[48..], &ip[..40])
+    }
+
+    fn push_fragment(
+        &mut self,
+        now: Instant,
+        key: Key,
+        off: usize,
+        more: bool,
+        data: &[u8],
+        hdr: &[u8],
+    ) -> FragOutcome {
+        let hlen = hdr.len();
         let end = off + data.len();
-        let more = pkt.more_frags();
-        if end > MAX_PAYLOAD || (more && (data.is_empty() || !data.len().is_multiple_of(8))) {
+        let max = if hlen == 40 { 65535 } else { MAX_PAYLOAD };
+        if end > max || (more && (data.is_empty() || !data.len().is_multiple_of(8))) {
             self.discard(key);
             return FragOutcome::Dropped(DropReason::FragmentInvalid);
         }
@@ -145,6 +181,7 @@ impl Reassembler {
                 key,
                 Entry {
                     buf,
+                    hlen,
                     ranges: Vec::new(),
                     total: None,
                     have_first: false,
@@ -159,6 +196,10 @@ impl Reassembler {
         let Some(e) = self.entries.get_mut(&key) else {
             return FragOutcome::Dropped(DropReason::FragmentInvalid);
         };
+        if e.hlen != hlen {
+            self.discard(key);
+            return FragOutcome::Dropped(DropReason::FragmentInvalid);
+        }
         // Overlap check and sorted insert with merging of adjacent ranges.
         let pos = e.ranges.partition_point(|r| r.1 <= off);
         if e.ranges.get(pos).is_some_and(|r| r.0 < end) || (!more && e.total.is_some()) {
@@ -188,13 +229,12 @@ impl Reassembler {
             self.discard(key);
             return FragOutcome::Dropped(DropReason::FragmentInvalid);
         }
-        if e.buf.len() < 20 + end {
-            e.buf.resize(20 + end, 0);
+        if e.buf.len() < hlen + end {
+            e.buf.resize(hlen + end, 0);
         }
-        e.buf[20 + off..20 + end].copy_from_slice(data);
+        e.buf[hlen + off..hlen + end].copy_from_slice(data);
         if off == 0 {
-            let hdr = pkt.as_ref();
-            e.buf[..20].copy_from_slice(&hdr[..20]);
+            e.buf[..hlen].copy_from_slice(hdr);
             e.have_first = true;
         }
         let complete = e.have_first
@@ -206,15 +246,22 @@ impl Reassembler {
         let Some(mut e) = self.entries.remove(&key) else {
             return FragOutcome::Dropped(DropReason::FragmentInvalid);
         };
-        let total = 20 + e.total.unwrap_or(0);
-        e.buf.truncate(total);
+        let payload = e.total.unwrap_or(0);
+        e.buf.truncate(hlen + payload);
         let b = &mut e.buf;
-        b[0] = 0x45;
-        b[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        b[6..8].copy_from_slice(&[0, 0]);
-        b[10..12].copy_from_slice(&[0, 0]);
-        let c = !checksum::data(&b[..20]);
-        b[10..12].copy_from_slice(&c.to_be_bytes());
+        if hlen == 40 {
+            // IPv6: the result carries the fragmented protocol directly after the header.
+            b[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+            b[6] = key.proto;
+        } else {
+            let total = 20 + payload;
+            b[0] = 0x45;
+            b[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            b[6..8].copy_from_slice(&[0, 0]);
+            b[10..12].copy_from_slice(&[0, 0]);
+            let c = !checksum::data(&b[..20]);
+            b[10..12].copy_from_slice(&c.to_be_bytes());
+        }
         FragOutcome::Complete(e.buf)
     }
 
@@ -323,6 +370,45 @@ mod tests {
         assert_eq!(r.evicted, 92);
         assert_eq!(r.expire(now + Duration::from_secs(31)), 8);
         assert!(r.is_empty());
+    }
+
+    fn frag6(ident: u32, off: usize, more: bool, data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 48 + data.len()];
+        b[0] = 0x60;
+        b[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        b[6] = 44;
+        b[7] = 64;
+        b[8] = 0xfd;
+        b[23] = 0x15;
+        b[24] = 0x20;
+        b[39] = 1;
+        b[40] = 17;
+        let om = (off as u16) | u16::from(more);
+        b[42..44].copy_from_slice(&om.to_be_bytes());
+        b[44..48].copy_from_slice(&ident.to_be_bytes());
+        b[48..].copy_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn ipv6_fragments_reassemble() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(4);
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 3) as u8).collect();
+        assert!(matches!(
+            r.push6(now, &frag6(7, 1448, false, &data[1448..])),
+            FragOutcome::Pending
+        ));
+        let FragOutcome::Complete(b) = r.push6(now, &frag6(7, 0, true, &data[..1448])) else {
+            panic!("not complete");
+        };
+        assert_eq!(b[6], 17, "next header is the fragmented protocol");
+        assert_eq!(usize::from(u16::from_be_bytes([b[4], b[5]])), 3000);
+        assert_eq!(&b[40..], &data[..]);
+        assert!(matches!(
+            r.push6(now, &frag6(8, 0, true, &[0u8; 12])),
+            FragOutcome::Dropped(DropReason::FragmentInvalid)
+        ));
     }
 
     #[test]

@@ -448,25 +448,35 @@ impl Router {
                 }
             };
             let outcome = self.frag.push(now, &pkt);
-            let evicted = std::mem::take(&mut self.frag.evicted);
-            for _ in 0..evicted {
-                self.ctx.drop(DropReason::FragmentEvicted);
-            }
-            let next = self.frag.poll_at();
-            self.ctx
-                .timers
-                .reschedule(TimerKey::Frag, &mut self.frag_deadline, next);
-            match outcome {
-                FragOutcome::Pending => {}
-                FragOutcome::Dropped(r) => self.ctx.drop(r),
-                FragOutcome::Complete(buf) => {
-                    self.dispatch_ipv4(now, &buf, proto, src_mac);
-                    self.frag.recycle(buf);
-                }
-            }
+            self.after_frag(now, outcome, src_mac);
             return;
         }
         self.dispatch_ipv4(now, ip, proto, src_mac);
+    }
+
+    /// Account for a fragment and dispatch the datagram it completed, if any.
+    fn after_frag(&mut self, now: Instant, outcome: FragOutcome, src_mac: [u8; 6]) {
+        let evicted = std::mem::take(&mut self.frag.evicted);
+        for _ in 0..evicted {
+            self.ctx.drop(DropReason::FragmentEvicted);
+        }
+        let next = self.frag.poll_at();
+        self.ctx
+            .timers
+            .reschedule(TimerKey::Frag, &mut self.frag_deadline, next);
+        match outcome {
+            FragOutcome::Pending => {}
+            FragOutcome::Dropped(r) => self.ctx.drop(r),
+            FragOutcome::Complete(buf) => {
+                if buf.first().is_some_and(|b| b >> 4 == 6) {
+                    self.handle_ipv6(now, &buf, src_mac);
+                } else {
+                    let proto = buf.get(9).copied().unwrap_or(0);
+                    self.dispatch_ipv4(now, &buf, proto, src_mac);
+                }
+                self.frag.recycle(buf);
+            }
+        }
     }
 
     fn handle_ipv6(&mut self, now: Instant, payload: &[u8], src_mac: [u8; 6]) {
@@ -551,7 +561,11 @@ impl Router {
             }
             PROTO_TCP => self.ctx.drop(DropReason::Ipv6BadSource),
             0 if is_mld(l4) => self.ctx.drop(DropReason::MldIgnored),
-            0 | 43 | 44 | 60 => self.ctx.drop(DropReason::Ipv6ExtensionHeader),
+            crate::frames::PROTO_FRAGMENT6 => {
+                let outcome = self.frag.push6(now, ip);
+                self.after_frag(now, outcome, src_mac);
+            }
+            0 | 43 | 60 => self.ctx.drop(DropReason::Ipv6ExtensionHeader),
             _ => self.ctx.drop(DropReason::UnsupportedProtocol),
         }
     }
