@@ -97,7 +97,24 @@ pub fn enter(keep: &[PathBuf], ro_keep: &[PathBuf]) -> Result<(), SandboxError> 
             .collect()
     };
     let (keep, ro_keep) = (resolve(keep), resolve(ro_keep));
-    // Bind the kept directories onto a staging point first, then stack the tmpfs.
+    // Hold each kept directory open (O_PATH) before the tmpfs may hide it (it may live
+    // under the new root's mount point), and bind it from /proc/self/fd.
+    let mut held = Vec::new();
+    for (dir, ro) in keep
+        .iter()
+        .map(|d| (d, false))
+        .chain(ro_keep.iter().map(|d| (d, true)))
+    {
+        let fd = nix::fcntl::open(
+            dir.as_path(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(step(format!("open {}", dir.display())))?;
+        held.push((dir.clone(), ro, fd));
+    }
     mount(
         Some("tmpfs"),
         NEW_ROOT,
@@ -106,22 +123,20 @@ pub fn enter(keep: &[PathBuf], ro_keep: &[PathBuf]) -> Result<(), SandboxError> 
         Some("mode=0755,size=1m"),
     )
     .map_err(step(format!("mount a tmpfs on {NEW_ROOT}")))?;
-    for (dir, ro) in keep
-        .iter()
-        .map(|d| (d, false))
-        .chain(ro_keep.iter().map(|d| (d, true)))
-    {
+    for (dir, ro, fd) in &held {
+        use std::os::fd::AsRawFd;
         let target = Path::new(NEW_ROOT).join(dir.strip_prefix("/").unwrap_or(dir));
         std::fs::create_dir_all(&target).map_err(step(format!("create {}", target.display())))?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
         mount(
-            Some(dir.as_path()),
+            Some(source.as_str()),
             &target,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
         .map_err(step(format!("bind {} into the sandbox", dir.display())))?;
-        if ro {
+        if *ro {
             let flags = MsFlags::MS_BIND
                 | MsFlags::MS_REMOUNT
                 | MsFlags::MS_RDONLY
@@ -133,6 +148,7 @@ pub fn enter(keep: &[PathBuf], ro_keep: &[PathBuf]) -> Result<(), SandboxError> 
             }
         }
     }
+    drop(held);
     // Keep /etc/resolv.conf resolvable if it is a symlink into a kept directory.
     if let Ok(link) = std::fs::read_link("/etc/resolv.conf") {
         let etc = Path::new(NEW_ROOT).join("etc");
