@@ -251,6 +251,15 @@ impl VmEngine {
     }
 }
 
+/// Sends SIGSTOP or SIGCONT to a process the test started.
+fn signal(pid: u32, sig: &str) {
+    run_ok(
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()),
+    );
+}
+
 /// A QEMU guest; killed on drop.
 struct Vm {
     proc_: BgChild,
@@ -396,8 +405,13 @@ fn check_guest(vm: &mut Vm, h: &HostSide, e: &VmEngine, what: &str) -> Duration 
 
 /// A host client exchanges data with the guest's echo server through the forward.
 fn check_forward(h: &HostSide, e: &VmEngine, seed: u64, what: &str) {
+    check_forward_len(h, e, seed, 64 * 1024, what);
+}
+
+/// [`check_forward`] with `len` bytes each way.
+fn check_forward_len(h: &HostSide, e: &VmEngine, seed: u64, len: usize, what: &str) {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, e.fwd_port));
-    let data = pattern(seed, 64 * 1024);
+    let data = pattern(seed, len);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -472,7 +486,8 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// QEMU -netdev stream over a unix socket: lease, ping, download, DNS, forward, pcap.
+/// QEMU -netdev stream over a unix socket: lease, ping, download, DNS, forward (also
+/// while QEMU is paused), pcap.
 #[test]
 fn vm_stream_unix_guest_has_the_whole_network() {
     let _one = one_vm_at_a_time();
@@ -488,6 +503,17 @@ fn vm_stream_unix_guest_has_the_whole_network() {
     let mut vm = Vm::boot(&h, &netdev, false, "stream");
     check_guest(&mut vm, &h, &e, "stream");
     check_forward(&h, &e, 1, "stream");
+    // QEMU paused in the middle of a 4 MiB echo: the guest stops reading its socket, the
+    // engine's writes would block; nothing may be lost or reordered once it resumes.
+    let qemu = vm.proc_.pid;
+    let pauser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        signal(qemu, "STOP");
+        thread::sleep(Duration::from_secs(2));
+        signal(qemu, "CONT");
+    });
+    check_forward_len(&h, &e, 6, 4 << 20, "stream, QEMU paused for 2 s");
+    pauser.join().expect("pauser");
     e.assert_alive("during the stream test");
     assert_eq!(
         e.drops("port_write_failed"),
@@ -501,7 +527,8 @@ fn vm_stream_unix_guest_has_the_whole_network() {
     check_pcap(&e);
 }
 
-/// QEMU -netdev dgram (unix datagrams, one frame each): the same checks.
+/// QEMU -netdev dgram (unix datagrams, one frame each): the same checks, then QEMU
+/// restarted against the same engine.
 #[test]
 fn vm_dgram_unix_guest_has_the_whole_network() {
     let _one = one_vm_at_a_time();
@@ -532,6 +559,17 @@ fn vm_dgram_unix_guest_has_the_whole_network() {
         "a frame toward the guest was dropped"
     );
     check_pcap(&e);
+    // QEMU restarted on the same socket paths: the engine finds the new socket, and the
+    // guest gets its address back.
+    drop(vm);
+    e.assert_alive("after the dgram VM went away");
+    let mut vm2 = Vm::boot(&h, &netdev, false, "dgram-2");
+    check_guest(&mut vm2, &h, &e, "dgram after a restart");
+    check_forward(&h, &e, 7, "dgram after a restart");
+    assert_eq!(
+        e.leases(),
+        vec![("10.0.2.15".to_string(), GUEST_MAC.to_string())]
+    );
 }
 
 /// QEMU -netdev stream over TCP (QEMU in the host namespace, connecting to 127.0.0.1).
