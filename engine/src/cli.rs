@@ -16,7 +16,7 @@ pub struct NetArgs {
     /// MTU of the guest interface (68-65521)
     #[arg(short = 'm', long, value_name = "MTU", default_value_t = 1500, value_parser = parse_mtu)]
     pub mtu: u32,
-    /// Virtual network in CIDR notation; gateway is .2, DNS .3, guest .100
+    /// Virtual network in CIDR notation; gateway is .2, DNS .3, DHCP from .15, configured guest .100
     #[arg(long, value_name = "CIDR", default_value = "10.0.2.0/24", value_parser = parse_cidr)]
     pub cidr: Cidr,
     /// Refuse guest connections to the host's loopback (through the gateway address)
@@ -37,7 +37,7 @@ pub struct NetArgs {
     /// Bind outbound IPv6 connections to this address or interface
     #[arg(long = "outbound-addr6", value_name = "IPv6|IFACE")]
     pub outbound_addr6: Option<String>,
-    /// MAC address of the guest interface (with --configure)
+    /// MAC address of the guest interface (namespace modes, with --configure)
     #[arg(long = "macaddress", value_name = "MAC", value_parser = parse_mac)]
     pub macaddress: Option<Mac>,
     /// Write the PID to this file
@@ -107,7 +107,7 @@ pub struct NetArgs {
     about = "User-mode networking for network namespaces and VMs (a drop-in for slirp4netns).",
     long_about = None,
     disable_version_flag = true,
-    after_help = "Other commands:\n  usernet run [OPTIONS] [-- COMMAND [ARG...]]   run COMMAND in a new networked namespace\n\nExamples:\n  usernet --configure --mtu=65520 $(pidof my-container-init) tap0\n  usernet run -- curl http://10.0.2.2:8080/"
+    after_help = "Other commands:\n  usernet run [OPTIONS] [-- COMMAND [ARG...]]   run COMMAND in a new networked namespace\n  usernet vm [OPTIONS] --stream unix:PATH       serve a VM (QEMU -netdev stream/dgram)\n  usernet fwd add|list|remove -a SOCKET ...     manage port forwards of a running usernet\n  usernet stats -a SOCKET                       print a running usernet's counters\n\nExamples:\n  usernet --configure --mtu=65520 $(pidof my-container-init) tap0\n  usernet run -- curl http://10.0.2.2:8080/"
 )]
 pub struct NsCli {
     /// Bring up the TAP interface (address network+100, default route, MTU) and lo
