@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The fuzz campaign: runs every target of fuzz/fuzz_targets for SECONDS each (default
+# 600) with libFuzzer (cargo fuzz; RUSTC_BOOTSTRAP=1 on the stable toolchain), starting
+# from and growing fuzz/corpus/TARGET, then minimises each corpus, and appends one line
+# per target to fuzz/tally.tsv (date, target, seconds, executions, corpus files,
+# crashes). `fuzz/campaign.sh tally` prints the hours each target has run in total.
+# Crashes are left in fuzz/artifacts/TARGET: turn each into a unit test, fix, re-run.
+#
+#   cargo install cargo-fuzz        # once
+#   fuzz/campaign.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tally=fuzz/tally.tsv
+if [ "${1:-}" = tally ]; then
+    awk -F'\t' 'NR > 1 { s[$2] += $3; e[$2] += $4 }
+        END { for (t in s) printf "%-16s %6.2f h  %14d execs\n", t, s[t] / 3600, e[t] }' "$tally" | sort
+    exit 0
+fi
+secs=${1:-600}
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+fi
+[ -f "$tally" ] || printf 'date\ttarget\tseconds\texecutions\tcorpus_files\tcrashes\n' > "$tally"
+export RUSTC_BOOTSTRAP=1
+for t in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+    log=$(mktemp)
+    before=$(ls "fuzz/artifacts/$t" | wc -l)
+    # -rss_limit_mb bounds the target's memory; -max_len covers a 64 KiB frame sequence.
+    cargo fuzz run --fuzz-dir fuzz --features libfuzzer "$t" "fuzz/corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -max_len=70000 -print_final_stats=1 \
+        -artifact_prefix="fuzz/artifacts/$t/" > "$log" 2>&1 || true
+    execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
+    after=$(ls "fuzz/artifacts/$t" | wc -l)
+    cargo fuzz cmin --fuzz-dir fuzz --features libfuzzer "$t" "fuzz/corpus/$t" > /dev/null 2>&1 || true
+    files=$(ls "fuzz/corpus/$t" | wc -l)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$secs" "${execs:-0}" "$files" "$((after - before))" >> "$tally"
+    echo "$t: ${execs:-0} executions in ${secs}s, corpus $files files, $((after - before)) new crashes"
+    tail -5 "$log" | grep -iE 'crash|panic|deadly|oom|timeout' || true
+    rm -f "$log"
+done
