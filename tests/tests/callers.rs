@@ -1082,3 +1082,78 @@ fn podman_default_ipv6() {
     }
     eprintln!("podman_default_ipv6: {:?}", t0.elapsed());
 }
+
+/// Rootless podman publishes a UDP port with `port_handler=slirp4netns` (one
+/// `add_hostfwd` with `"proto":"udp"`), while podman's default `--disable-host-loopback`
+/// is on: datagrams from the host namespace's loopback reach a UDP echo inside the
+/// container and the replies come back (slirp4netns 1.2.0 drops them: podman issue
+/// #4586, compat.md §2.6).
+#[test]
+fn podman_publish_udp_with_host_loopback_disabled() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let host = HostNs::new();
+    let pm = Podman::new(&host);
+    let hp = free_udp_port(&host);
+    let o = pm.run(
+        &host,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "udp",
+            "--network",
+            "slirp4netns:port_handler=slirp4netns",
+            "-p",
+            &format!("127.0.0.1:{hp}:9000/udp"),
+            IMAGE,
+            "sleep",
+            "300",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "podman run -d -p 127.0.0.1:{hp}:9000/udp: {}{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let engines = pm.user.procs_of(&engine_bin().to_string_lossy());
+    assert_eq!(engines.len(), 1, "one engine: {engines:?}");
+    assert!(
+        engines[0].1.iter().any(|a| a == "--disable-host-loopback"),
+        "podman's default passes --disable-host-loopback: {:?}",
+        engines[0].1
+    );
+    let o = pm.run(
+        &host,
+        &["inspect", "-f", "{{.State.Pid}}", "udp"],
+        Duration::from_secs(30),
+    );
+    let cpid = text(&o.stdout).trim().to_string();
+    assert!(
+        o.status.success() && cpid.parse::<u32>().is_ok_and(|p| p > 0),
+        "podman inspect udp: {cpid} {}",
+        text(&o.stderr)
+    );
+    // the UDP echo runs in the container's network namespace (bound from here).
+    let sock = in_netns(&PathBuf::from(format!("/proc/{cpid}/ns/net")), || {
+        UdpSocket::bind("0.0.0.0:9000").expect("bind udp 9000 in the container")
+    });
+    let echo = UdpEcho::start(sock);
+    host_udp_echo(&host, SocketAddr::from(([127, 0, 0, 1], hp))).unwrap_or_else(|e| {
+        panic!("UDP published by podman (port_handler=slirp4netns, --disable-host-loopback): {e}")
+    });
+    assert!(echo.count() >= 3, "the echo saw {} datagrams", echo.count());
+    drop(echo);
+    let o = pm.run(
+        &host,
+        &["rm", "-f", "-t", "0", "udp"],
+        Duration::from_secs(60),
+    );
+    assert!(o.status.success(), "podman rm -f udp: {}", text(&o.stderr));
+    eprintln!(
+        "podman_publish_udp_with_host_loopback_disabled: {:?}",
+        t0.elapsed()
+    );
+}
