@@ -23,7 +23,9 @@ pub struct Limits {
     /// TCP flows waiting for the host's `connect()`. When full, new SYNs are dropped
     /// without reply and the guest's retransmission retries them: a burst is delayed, never refused.
     pub max_half_open: usize,
-    /// Bytes of each smoltcp ring (receive and transmit) per TCP flow.
+    /// Bytes of each smoltcp ring (receive and transmit) per TCP flow. 1 MiB measured
+    /// faster than 256 KiB on host→guest at MTU 65520 (13-14.5 against 9.6 Gbit/s in
+    /// the same minutes); pages are faulted in only as data is buffered.
     pub tcp_buffer: usize,
     /// UDP mappings (one host socket each); when full the least recently used is evicted.
     pub max_udp_mappings: usize,
@@ -38,7 +40,7 @@ impl Default for Limits {
         Limits {
             max_tcp_flows: 16384,
             max_half_open: 1024,
-            tcp_buffer: 256 * 1024,
+            tcp_buffer: 1024 * 1024,
             max_udp_mappings: 4096,
             max_icmp_mappings: 1024,
             max_reassembly: 64,
