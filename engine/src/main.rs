@@ -17,6 +17,7 @@ use usernet_engine::port::TapPort;
 use usernet_engine::stats::Stats;
 
 fn main() -> ExitCode {
+    tune_process();
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1).and_then(|a| a.to_str()) {
         Some(sub @ ("run" | "fwd" | "stats" | "vm")) => {
@@ -157,4 +158,22 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     drop(cp.api);
     log_summary(&stats);
     Ok(exit_code(exit))
+}
+
+/// Process-wide settings every mode wants, before anything allocates much:
+/// - a fixed mmap threshold, so that the TCP rings (far above it) always come from
+///   `mmap`: their pages are faulted in only as data is buffered, and go back to the
+///   system when a flow ends (glibc's dynamic threshold would move them to the heap,
+///   where calloc touches every page and freed memory stays resident);
+/// - the soft open-file limit raised to the hard limit: one host fd per flow.
+fn tune_process() {
+    // SAFETY: mallopt only changes glibc's allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }

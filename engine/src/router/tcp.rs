@@ -47,6 +47,12 @@ use crate::txq::TxQueue;
 
 /// Bytes of the guest's SYN kept for an ICMP error quote (IP header with options + 8).
 const SYN_QUOTE: usize = 68;
+/// How long a guest keeps a closed connection in TIME-WAIT (Linux: 60 s).
+const GUEST_TIME_WAIT: Duration = Duration::from_secs(60);
+/// Released flows after which, when few flows remain, freed heap memory is returned.
+const TRIM_AFTER_RELEASES: usize = 1024;
+/// Recently closed forwarded tuples remembered (beyond this, the oldest is forgotten).
+const MAX_RECENT: usize = 16384;
 /// `poll_egress` calls per flow per turn (each emits at most one segment): bounds one
 /// flow's burst so that others get their turn.
 const EGRESS_BURST: usize = 256;
@@ -178,6 +184,12 @@ pub struct TcpTable {
     dirty: Vec<usize>,
     blocked: Vec<usize>,
     next_port: u16,
+    /// Tuples of forwarded connections closed less than [`GUEST_TIME_WAIT`] ago, oldest
+    /// first (bounded by [`MAX_RECENT`]): the guest may still hold them in TIME-WAIT and
+    /// reject a new SYN with a random sequence number, costing a 1 s retransmission.
+    recent: std::collections::VecDeque<(Instant, TcpKey)>,
+    recent_set: std::collections::HashSet<TcpKey>,
+    released_since_trim: usize,
 }
 
 fn dev<'a>(ctx: &'a mut Ctx, caps: &'a DeviceCapabilities, rx: Option<&'a [u8]>) -> FlowDev<'a> {
@@ -238,6 +250,9 @@ impl TcpTable {
             dirty: Vec::new(),
             blocked: Vec::new(),
             next_port: 40000,
+            recent: std::collections::VecDeque::new(),
+            recent_set: std::collections::HashSet::new(),
+            released_since_trim: 0,
         }
     }
 
@@ -436,7 +451,10 @@ impl TcpTable {
             remote: seen,
         };
         let mut tries = 0;
-        while self.map.contains_key(&key) || key.remote.port() == 0 {
+        while self.map.contains_key(&key)
+            || key.remote.port() == 0
+            || self.recently_closed(&key, now)
+        {
             if tries == 64 {
                 ctx.drop(DropReason::TcpTableFull);
                 return;
@@ -703,12 +721,28 @@ impl TcpTable {
         self.release(ctx, idx, true);
     }
 
+    fn recently_closed(&mut self, key: &TcpKey, now: Instant) -> bool {
+        while let Some(&(t, k)) = self.recent.front() {
+            if now.saturating_duration_since(t) < GUEST_TIME_WAIT && self.recent.len() <= MAX_RECENT
+            {
+                break;
+            }
+            self.recent.pop_front();
+            self.recent_set.remove(&k);
+        }
+        self.recent_set.contains(key)
+    }
+
     fn release(&mut self, ctx: &mut Ctx, idx: usize, graceful: bool) {
         if !self.flows.contains(idx) {
             return;
         }
         let mut f = self.flows.remove(idx);
         self.map.remove(&f.key);
+        if f.syn_len == 0 && self.recent_set.insert(f.key) {
+            // A forwarded connection (no guest SYN): remember its tuple for a while.
+            self.recent.push_back((Instant::now(), f.key));
+        }
         if f.phase == Phase::Connecting {
             self.half_open -= 1;
         }
@@ -720,6 +754,20 @@ impl TcpTable {
         }
         ctx.stats.flow_closed(FlowKind::Tcp);
         tracing::debug!(flow = idx, graceful, "tcp flow released");
+        // After many flows have gone and few remain, give the freed heap back.
+        self.released_since_trim += 1;
+        if self.released_since_trim >= TRIM_AFTER_RELEASES
+            && self.flows.len() * 4 < self.released_since_trim
+        {
+            self.released_since_trim = 0;
+            if ctx.txq.is_empty() {
+                ctx.txq.shrink();
+            }
+            // SAFETY: malloc_trim only returns free heap pages to the system.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 }
 
