@@ -3,7 +3,7 @@
 //! Pure functions of the configuration and a tuple (passt's `fwd_nat_from_tap()` is the
 //! model): protocol handlers ask, they do not decide. Table-tested below, no sockets.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use crate::config::Config;
 
@@ -55,30 +55,13 @@ fn from_guest6(cfg: &Config, dst: SocketAddrV6) -> Result<Target, Refusal> {
         return Err(Refusal::Unroutable);
     };
     let ip = *dst.ip();
-    let loopback = |port: u16| {
-        if cfg.disable_host_loopback {
-            Err(Refusal::HostLoopbackDisabled)
-        } else {
-            Ok(Target::Host(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::LOCALHOST,
-                port,
-                0,
-                0,
-            ))))
-        }
-    };
-    if ip == v6.dns {
-        if dst.port() == 53 {
-            return if cfg.enable_dns {
-                Ok(Target::Dns)
-            } else {
-                Err(Refusal::DnsDisabled)
-            };
-        }
-        return loopback(dst.port());
-    }
-    if ip == v6.gateway || ip == crate::config::GATEWAY_LINK_LOCAL {
-        return loopback(dst.port());
+    if ip == v6.dns || ip == v6.gateway || ip == crate::config::GATEWAY_LINK_LOCAL {
+        return ours(
+            cfg,
+            ip == v6.dns,
+            dst.port(),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        );
     }
     if v6.in_prefix(ip)
         || ip.is_loopback()
@@ -98,35 +81,33 @@ fn from_guest6(cfg: &Config, dst: SocketAddrV6) -> Result<Target, Refusal> {
     ))))
 }
 
+/// A flow to one of our own addresses: DNS port 53 is the relay; anything else stands
+/// for the host's loopback (`loopback` of the flow's family) unless that is disabled.
+fn ours(cfg: &Config, is_dns: bool, port: u16, loopback: IpAddr) -> Result<Target, Refusal> {
+    if is_dns && port == 53 {
+        return if cfg.enable_dns {
+            Ok(Target::Dns)
+        } else {
+            Err(Refusal::DnsDisabled)
+        };
+    }
+    if cfg.disable_host_loopback {
+        Err(Refusal::HostLoopbackDisabled)
+    } else {
+        Ok(Target::Host(SocketAddr::new(loopback, port)))
+    }
+}
+
 fn from_guest4(cfg: &Config, proto: Proto, dst: SocketAddrV4) -> Result<Target, Refusal> {
     let ip = *dst.ip();
-    let loopback = |port: u16| {
-        if cfg.disable_host_loopback {
-            Err(Refusal::HostLoopbackDisabled)
-        } else {
-            Ok(Target::Host(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::LOCALHOST,
-                port,
-            ))))
-        }
-    };
-    if ip == cfg.dns {
-        if dst.port() == 53 {
-            return if cfg.enable_dns {
-                Ok(Target::Dns)
-            } else {
-                Err(Refusal::DnsDisabled)
-            };
-        }
-        return loopback(dst.port());
-    }
-    if ip == cfg.gateway {
-        return loopback(dst.port());
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    if ip == cfg.dns || ip == cfg.gateway {
+        return ours(cfg, ip == cfg.dns, dst.port(), lo);
     }
     if ip == Ipv4Addr::BROADCAST {
         // libslirp sends limited broadcasts to the host's loopback.
         return match proto {
-            Proto::Udp => loopback(dst.port()),
+            Proto::Udp => ours(cfg, false, dst.port(), lo),
             Proto::Tcp => Err(Refusal::Unroutable),
         };
     }
