@@ -347,22 +347,27 @@ impl Router {
             return;
         }
         let src = eth.src_addr();
-        if src.is_unicast() && src.0 != self.ctx.emit.guest_mac {
-            if self.guest_mac_known {
-                tracing::debug!(mac = %src, "guest MAC changed");
-            }
-            self.ctx.emit.guest_mac = src.0;
-            self.guest_mac_known = true;
-        }
         match eth.ethertype() {
-            EthernetProtocol::Arp => self.handle_arp(eth.payload()),
+            EthernetProtocol::Arp => self.handle_arp(eth.payload(), src.0),
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), src.0),
             EthernetProtocol::Ipv6 => self.handle_ipv6(now, eth.payload(), src.0),
             _ => self.ctx.drop(DropReason::UnknownEthertype),
         }
     }
 
-    fn handle_arp(&mut self, payload: &[u8]) {
+    /// Learn the guest's MAC, from a frame whose network header checked out (a garbage
+    /// frame with a random source must not redirect the guest's traffic).
+    fn learn_mac(&mut self, mac: [u8; 6]) {
+        if mac != self.ctx.emit.guest_mac && EthernetAddress(mac).is_unicast() {
+            if self.guest_mac_known {
+                tracing::debug!(mac = %EthernetAddress(mac), "guest MAC changed");
+            }
+            self.ctx.emit.guest_mac = mac;
+            self.guest_mac_known = true;
+        }
+    }
+
+    fn handle_arp(&mut self, payload: &[u8], src_mac: [u8; 6]) {
         let Ok(pkt) = ArpPacket::new_checked(payload) else {
             self.ctx.drop(DropReason::ArpMalformed);
             return;
@@ -378,6 +383,9 @@ impl Router {
             self.ctx.drop(DropReason::ArpMalformed);
             return;
         };
+        if self.ctx.cfg.in_subnet(source_protocol_addr) && source_hardware_addr.0 == src_mac {
+            self.learn_mac(src_mac);
+        }
         let cfg = &self.ctx.cfg;
         let ours = target_protocol_addr == cfg.gateway || target_protocol_addr == cfg.dns;
         if operation != ArpOperation::Request
@@ -439,6 +447,7 @@ impl Router {
             self.ctx.drop(DropReason::Ipv4BadSource);
             return;
         }
+        self.learn_mac(src_mac);
         if pkt.more_frags() || pkt.frag_offset() != 0 {
             let pkt = match Ipv4Packet::new_checked(ip) {
                 Ok(p) => p,
@@ -503,6 +512,7 @@ impl Router {
         if global_src && self.ndp.guest6 != Some(src) {
             self.ndp.guest6 = Some(src);
         }
+        self.learn_mac(src_mac);
         let l4 = &ip[IPV6_HLEN..];
         match u8::from(pkt.next_header()) {
             PROTO_ICMPV6 => {

@@ -580,6 +580,18 @@ impl TcpTable {
             return;
         };
         f.dirty = false;
+        if f.phase == Phase::Connecting
+            && !matches!(
+                f.set.get::<tcp::Socket>(f.handle).state(),
+                tcp::State::SynReceived
+            )
+        {
+            // The guest gave up (its RST took the socket out of SYN-RECEIVED) while
+            // the host connect was in flight: drop the host side too.
+            tracing::debug!(flow = idx, "tcp flow: guest reset during connect");
+            self.release(ctx, idx, false);
+            return;
+        }
         if f.phase == Phase::Connecting && f.host_writable {
             match f.host.take_error() {
                 Ok(Some(e)) | Err(e) => {
