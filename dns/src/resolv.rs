@@ -97,8 +97,8 @@ mod tests {
                     nameserver not-an-address\n\
                     nameserver\n\
                     nameserver ::1\n\
-                    \tnameserver   8.8.8.8  \n\
-                    Nameserver 9.9.9.9\n\
+                    \tnameserver   198.51.100.53  \n\
+                    Nameserver 203.0.113.53\n\
                     options ndots:5 timeout:1 attempts:2 rotate\n\
                     sortlist 130.155.160.0/255.255.240.0\n";
         let c = parse_resolv_conf(text);
@@ -108,7 +108,7 @@ mod tests {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
                 "fe80::1".parse::<IpAddr>().unwrap(),
                 "192.0.2.53".parse::<IpAddr>().unwrap(),
-                "8.8.8.8".parse::<IpAddr>().unwrap(),
+                "198.51.100.53".parse::<IpAddr>().unwrap(),
             ]
         );
         assert!(c.search.is_empty());
