@@ -1431,27 +1431,12 @@ impl Dnsmasq {
         c.arg(format!("--log-facility={}", log.display()));
         c.args(records);
         let mut proc_ = BgChild::start(&mut c, &out);
-        let sa = SocketAddr::from((addr, 53));
-        let start = Instant::now();
-        loop {
-            if host
-                .run(|| TcpStream::connect_timeout(&sa, Duration::from_secs(1)))
-                .is_ok()
-            {
-                break;
-            }
-            if let Some(st) = proc_.try_wait() {
-                panic!(
-                    "dnsmasq on {addr} exited ({st}): {}",
-                    std::fs::read_to_string(&out).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "dnsmasq on {addr} not listening after 10 s"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        host.wait_tcp_listening(
+            SocketAddr::from((addr, 53)),
+            &mut proc_,
+            &out,
+            Instant::now(),
+        );
         Dnsmasq { proc_, addr, log }
     }
 
@@ -1512,4 +1497,60 @@ pub fn api_json(path: &Path, req: &str) -> serde_json::Value {
             String::from_utf8_lossy(&got)
         )
     })
+}
+
+impl HostNs {
+    /// Wait (at most 10 s from `start`) until something accepts TCP on `sa` in this
+    /// namespace; fail with the child's output if `child` exits first.
+    pub fn wait_tcp_listening(
+        &self,
+        sa: SocketAddr,
+        child: &mut BgChild,
+        out: &Path,
+        start: Instant,
+    ) {
+        loop {
+            if self
+                .run(|| TcpStream::connect_timeout(&sa, Duration::from_secs(1)))
+                .is_ok()
+            {
+                return;
+            }
+            if let Some(st) = child.try_wait() {
+                panic!(
+                    "{} exited ({st}): {}",
+                    child.desc,
+                    std::fs::read_to_string(out).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} not listening on {sa} after 10 s",
+                child.desc
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Stops a daemonised dhclient (by the PID in its pid file, a process the test started).
+pub struct DhclientGuard {
+    /// dhclient's `-pf` file.
+    pub pidfile: PathBuf,
+}
+
+impl Drop for DhclientGuard {
+    fn drop(&mut self) {
+        let Ok(t) = std::fs::read_to_string(&self.pidfile) else {
+            return;
+        };
+        let Ok(pid) = t.trim().parse::<i32>() else {
+            return;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "dhclient" {
+            // SAFETY: kill(2) on the dhclient this test started (checked by name).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }

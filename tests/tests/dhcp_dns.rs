@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use usernet_tests::*;
@@ -96,27 +96,6 @@ fn check(env: &HashMap<String, String>, key: &str, want: &str, who: &str) {
         Some(want),
         "{who}: option `{key}` (everything it saw: {env:?})"
     );
-}
-
-/// Stops a daemonised dhclient (by the PID in its pid file, a process we started).
-struct DhclientGuard {
-    pidfile: PathBuf,
-}
-
-impl Drop for DhclientGuard {
-    fn drop(&mut self) {
-        let Ok(t) = std::fs::read_to_string(&self.pidfile) else {
-            return;
-        };
-        let Ok(pid) = t.trim().parse::<i32>() else {
-            return;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "dhclient" {
-            // SAFETY: kill(2) on the dhclient this test started (checked by name).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
 }
 
 /// Runs ISC dhclient once (`-1`) in the guest with a recording script, a private lease

@@ -287,25 +287,7 @@ fn dnsmasq_loopback(host: &HostNs) -> (BgChild, PathBuf) {
         SocketAddr::from(([127, 0, 0, 1], 53)),
         v6(Ipv6Addr::LOCALHOST, 53),
     ] {
-        loop {
-            if host
-                .run(|| TcpStream::connect_timeout(&sa, Duration::from_secs(1)))
-                .is_ok()
-            {
-                break;
-            }
-            if let Some(st) = p.try_wait() {
-                panic!(
-                    "dnsmasq exited ({st}): {}",
-                    std::fs::read_to_string(&out).unwrap_or_default()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "dnsmasq not listening on {sa} after 10 s"
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        host.wait_tcp_listening(sa, &mut p, &out, start);
     }
     (p, log)
 }
@@ -639,27 +621,6 @@ fn capture(s: &Setup) -> RaCapture {
 // ---------------------------------------------------------------------------------------
 // dhclient -6
 // ---------------------------------------------------------------------------------------
-
-/// Stops a daemonised dhclient (by the PID in its pid file, a process we started).
-struct DhclientGuard {
-    pidfile: PathBuf,
-}
-
-impl Drop for DhclientGuard {
-    fn drop(&mut self) {
-        let Ok(t) = std::fs::read_to_string(&self.pidfile) else {
-            return;
-        };
-        let Ok(pid) = t.trim().parse::<i32>() else {
-            return;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "dhclient" {
-            // SAFETY: kill(2) on the dhclient this test started (checked by name).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
 
 /// Runs `dhclient -6 -1 MODE` in the guest (MODE "-N" stateful, "-S" stateless) with a
 /// recording script; returns what the script saw for `want_reason`, plus dhclient's
