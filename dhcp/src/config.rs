@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub classless_routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
     /// Static leases: this MAC always gets this address, and no one else does.
     pub reservations: Vec<([u8; 6], Ipv4Addr)>,
+    /// Send the server's address as the router (option 3). Off on networks that route
+    /// nowhere (usernet's internal networks): clients then install no default route.
+    pub advertise_router: bool,
 }
 
 impl ServerConfig {
@@ -107,6 +110,7 @@ impl ServerConfig {
             search: Vec::new(),
             classless_routes: Vec::new(),
             reservations: Vec::new(),
+            advertise_router: true,
         }
     }
 }

@@ -292,6 +292,42 @@ impl Server {
             .map(|(&a, _)| Ipv4Addr::from(a))
     }
 
+    /// The MAC an address is offered, leased or reserved to, if any. O(1): the data
+    /// path may ask it per unresolved destination.
+    pub fn mac_for_addr(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.table.get(u32::from(addr)).map(|l| l.mac)
+    }
+
+    /// Lease an address to `mac` without a DHCP exchange, as a DISCOVER and REQUEST
+    /// would (reservation, current binding, remembered address, lowest free), for a
+    /// guest whose interface is configured statically from the lease (`usernet run
+    /// --network`). `None` when the pool is exhausted.
+    pub fn allocate(
+        &mut self,
+        now: Instant,
+        mac: [u8; 6],
+        hostname: Option<&str>,
+    ) -> Option<Ipv4Addr> {
+        self.expire(now);
+        let key = ClientKey::new(None, mac);
+        let addr = self
+            .table
+            .reservation(mac)
+            .or_else(|| self.table.current(&key))
+            .or_else(|| self.table.remembered_for(&key))
+            .or_else(|| self.table.lowest_free())
+            .filter(|&a| self.table.available_for(a, &key, mac))?;
+        let client = Client {
+            key,
+            mac,
+            client_id: None,
+            hostname: hostname.and_then(|h| sanitize_hostname(h.as_bytes())),
+        };
+        let expires = deadline(now, self.cfg.cfg.lease_time);
+        self.table.assign(addr, client, State::Bound, expires);
+        Some(Ipv4Addr::from(addr))
+    }
+
     /// Checks the lease table's bookkeeping (tests and the fuzz target).
     pub(crate) fn check_invariants(&self) -> Result<(), &'static str> {
         self.table.check_invariants()
@@ -463,7 +499,7 @@ impl Server {
                     .to_be_bytes();
                 let mtu = cfg.cfg.mtu.map(u16::to_be_bytes);
                 let value: Option<&[u8]> = match code {
-                    opt::ROUTER => Some(&server_id),
+                    opt::ROUTER if cfg.cfg.advertise_router => Some(&server_id),
                     opt::DNS if !cfg.dns.is_empty() => Some(&cfg.dns),
                     opt::HOSTNAME => cfg.cfg.hostname.as_deref().map(str::as_bytes),
                     opt::DOMAIN_NAME => cfg.cfg.domain_name.as_deref().map(str::as_bytes),

@@ -16,6 +16,7 @@ const UDHCPC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const DHCLIENT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0b];
+const MAC_C: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0c];
 const BCAST: [u8; 6] = [0xff; 6];
 
 fn ip(d: u8) -> Ipv4Addr {
@@ -1297,4 +1298,65 @@ proptest! {
             prop_assert_eq!(h.s.poll_at(), leases.iter().map(|l| l.expires).min());
         }
     }
+}
+
+// ---- networks of guests ----
+
+#[test]
+fn internal_network_sends_no_router() {
+    let mut cfg = slirp();
+    cfg.advertise_router = false;
+    let mut h = H::new(cfg);
+    let m = msg(MessageType::Discover, MAC_A).opt(55, &[1, 3, 6, 15, 51]);
+    let offer = h.reply(0, MAC_A, &m.bytes());
+    assert!(!offer.has(3), "option 3 sent: {:?}", offer.codes());
+    assert!(offer.has(1));
+    // The default configuration does send it.
+    let mut h = H::new(slirp());
+    let offer = h.reply(0, MAC_A, &m.bytes());
+    assert_eq!(offer.raw_opt(3), ip(2).octets());
+}
+
+#[test]
+fn allocate_leases_without_an_exchange_and_agrees_with_dhcp() {
+    let mut cfg = slirp();
+    cfg.reservations = vec![(MAC_B, ip(40))];
+    let mut h = H::new(cfg);
+    let t = h.at(0);
+    let a = h.s.allocate(t, MAC_A, Some("box-1")).unwrap();
+    assert_eq!(a, ip(15));
+    h.s.check_invariants().unwrap();
+    // Same MAC again: same address; a reservation wins.
+    assert_eq!(h.s.allocate(t, MAC_A, None), Some(ip(15)));
+    assert_eq!(h.s.allocate(t, MAC_B, None), Some(ip(40)));
+    assert_eq!(h.s.lease_for_mac(MAC_A), Some(ip(15)));
+    assert_eq!(h.s.mac_for_addr(ip(15)), Some(MAC_A));
+    assert_eq!(h.s.mac_for_addr(ip(40)), Some(MAC_B));
+    assert_eq!(h.s.mac_for_addr(ip(16)), None);
+    let l = h.s.leases().find(|l| l.addr == ip(15)).unwrap();
+    assert_eq!(l.hostname.as_deref(), Some("box-1"));
+    // A DHCP client on another MAC gets the next address, and the allocated MAC's own
+    // DHCP client is acknowledged on the allocated address.
+    assert_eq!(h.bind(1, MAC_C), ip(16));
+    let req = msg(MessageType::Request, MAC_A)
+        .requested(ip(15))
+        .server_id(ip(2));
+    assert_eq!(
+        h.reply(2, MAC_A, &req.bytes()).reply.message_type,
+        MessageType::Ack
+    );
+    h.s.check_invariants().unwrap();
+}
+
+#[test]
+fn allocate_refuses_when_the_pool_is_exhausted() {
+    let mut cfg = slirp();
+    cfg.pool_start = ip(15);
+    cfg.pool_end = ip(16);
+    let mut h = H::new(cfg);
+    let t = h.at(0);
+    assert!(h.s.allocate(t, [1; 6], None).is_some());
+    assert!(h.s.allocate(t, [2; 6], None).is_some());
+    assert_eq!(h.s.allocate(t, [3; 6], None), None);
+    h.s.check_invariants().unwrap();
 }
