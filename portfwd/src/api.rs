@@ -83,6 +83,8 @@ pub enum AddField {
     GuestAddr,
     /// `arguments.guest_port`
     GuestPort,
+    /// `arguments.guest_mac` (usernet extension; not together with `guest_addr`)
+    GuestMac,
 }
 
 impl AddField {
@@ -94,6 +96,7 @@ impl AddField {
             AddField::HostPort => "host_port",
             AddField::GuestAddr => "guest_addr",
             AddField::GuestPort => "guest_port",
+            AddField::GuestMac => "guest_mac",
         }
     }
 }
@@ -130,6 +133,9 @@ pub enum ApiError {
     /// The engine could not remove the forward.
     #[error("bad request: remove_hostfwd: slirp_remove_hostfwd failed")]
     RemoveFailed,
+    /// An argument of a usernet extension request is missing or invalid.
+    #[error("bad request: {0}")]
+    BadArgument(String),
     /// Client side: the server's reply is not one this module understands.
     #[error("bad reply from the API socket: {0}")]
     BadReply(String),
@@ -162,7 +168,49 @@ pub enum Request {
     },
     /// `stats` (usernet extension): the engine's counters.
     Stats,
+    /// `list_ports` (usernet extension): the ports of a network's switch.
+    ListPorts,
+    /// `list_leases` (usernet extension): the DHCP leases.
+    ListLeases,
+    /// `attach` (usernet extension, networks only): the file descriptor passed with
+    /// the request (`SCM_RIGHTS`) becomes a new port of the switch.
+    Attach {
+        /// What the descriptor is: a TAP device or a connected stream socket.
+        kind: AttachKind,
+        /// A label shown in listings (at most 64 bytes, no control characters).
+        name: String,
+    },
+    /// `request_lease` (usernet extension): lease an address to `mac` without a DHCP
+    /// exchange, for a guest configured statically from it.
+    RequestLease {
+        /// The guest interface's MAC.
+        mac: [u8; 6],
+        /// Its host name, recorded with the lease.
+        hostname: Option<String>,
+    },
 }
+
+/// What an `attach` request hands over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachKind {
+    /// A TAP device's fd (one frame per read and write).
+    Tap,
+    /// A connected stream socket with QEMU's framing (4-byte length, frame).
+    Stream,
+}
+
+impl AttachKind {
+    /// The JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachKind::Tap => "tap",
+            AttachKind::Stream => "stream",
+        }
+    }
+}
+
+/// The longest `attach` name.
+pub const MAX_PORT_NAME: usize = 64;
 
 /// The bytes before the first NUL, as a C string parser sees them.
 fn until_nul(bytes: &[u8]) -> &[u8] {
@@ -192,6 +240,17 @@ fn port(v: Option<&Value>) -> Option<u16> {
     whole_number(v, 1, 65535).and_then(|x| u16::try_from(x).ok())
 }
 
+/// A MAC argument (`"52:54:00:12:34:56"` or with dashes): `Ok(None)` when absent,
+/// `null` or `""`.
+fn mac(v: Option<&Value>) -> Result<Option<[u8; 6]>, ()> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => crate::rule::parse_mac(s).map(Some).ok_or(()),
+        Some(_) => Err(()),
+    }
+}
+
 /// An address argument: `Ok(None)` when absent, `null` or `""`.
 fn addr(v: Option<&Value>) -> Result<Option<IpAddr>, ()> {
     match v {
@@ -215,12 +274,17 @@ fn parse_add(args: Option<&Map<String, Value>>) -> Result<RuleSpec, ApiError> {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let host_port = port(args.get("host_port")).ok_or(bad(AddField::HostPort))?;
     let guest_addr = addr(args.get("guest_addr")).map_err(|()| bad(AddField::GuestAddr))?;
+    let guest_mac = mac(args.get("guest_mac")).map_err(|()| bad(AddField::GuestMac))?;
+    if guest_addr.is_some() && guest_mac.is_some() {
+        return Err(bad(AddField::GuestMac));
+    }
     let guest_port = port(args.get("guest_port")).ok_or(bad(AddField::GuestPort))?;
     Ok(RuleSpec {
         proto,
         host_addr,
         host_port,
         guest_addr,
+        guest_mac,
         guest_port,
         name: None,
     })
@@ -253,6 +317,43 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
             Ok(Request::RemoveHostfwd { id })
         }
         "stats" => Ok(Request::Stats),
+        "list_ports" => Ok(Request::ListPorts),
+        "list_leases" => Ok(Request::ListLeases),
+        "attach" => {
+            let bad = |what: &str| ApiError::BadArgument(what.to_string());
+            let kind = match args.and_then(|a| a.get("kind")).and_then(Value::as_str) {
+                Some("tap") => AttachKind::Tap,
+                Some("stream") => AttachKind::Stream,
+                _ => return Err(bad("arguments.kind must be \"tap\" or \"stream\"")),
+            };
+            let name = match args.and_then(|a| a.get("name")) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s))
+                    if s.len() <= MAX_PORT_NAME && !s.chars().any(char::is_control) =>
+                {
+                    s.clone()
+                }
+                Some(_) => {
+                    return Err(bad(
+                        "arguments.name must be a string of at most 64 bytes without control characters",
+                    ));
+                }
+            };
+            Ok(Request::Attach { kind, name })
+        }
+        "request_lease" => {
+            let bad = |what: &str| ApiError::BadArgument(what.to_string());
+            let mac = match mac(args.and_then(|a| a.get("mac"))) {
+                Ok(Some(m)) if m[0] & 1 == 0 && m != [0; 6] => m,
+                _ => return Err(bad("arguments.mac must be a unicast MAC address")),
+            };
+            let hostname = match args.and_then(|a| a.get("hostname")) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) if s.len() <= 253 => Some(s.clone()),
+                Some(_) => return Err(bad("arguments.hostname must be a string")),
+            };
+            Ok(Request::RequestLease { mac, hostname })
+        }
         _ => Err(ApiError::UnknownExecute),
     }
 }
@@ -364,9 +465,19 @@ fn write_entry(out: &mut String, rule: &Rule, default_guest: Option<IpAddr>) {
         s.proto,
         s.host_addr,
         s.host_port,
-        addr_text(s.guest_addr.or(default_guest)),
+        addr_text(
+            s.guest_addr
+                .or(default_guest.filter(|_| s.guest_mac.is_none()))
+        ),
         s.guest_port
     );
+    if let Some(m) = s.guest_mac {
+        let _ = write!(
+            out,
+            r#","guest_mac":"{}""#,
+            crate::rule::mac_dashes(m).replace('-', ":")
+        );
+    }
     if let Some(name) = &s.name {
         let _ = write!(out, r#","name":{}"#, json_string(name));
     }
@@ -394,17 +505,25 @@ pub fn reply_list(rules: &[Rule], default_guest: Option<IpAddr>) -> Vec<u8> {
 
 /// The `add_hostfwd` request for `spec` (the name is not part of the API).
 ///
-/// `guest_addr` is `""` when the spec has none, as podman sends it.
+/// `guest_addr` is `""` when the spec has none, as podman sends it; `guest_mac` is
+/// added only when the spec names its guest by MAC.
 pub fn request_add(spec: &RuleSpec) -> Vec<u8> {
-    format!(
-        r#"{{"execute":"add_hostfwd","arguments":{{"proto":"{}","host_addr":"{}","host_port":{},"guest_addr":"{}","guest_port":{}}}}}"#,
+    let mut args = format!(
+        r#""proto":"{}","host_addr":"{}","host_port":{},"guest_addr":"{}","guest_port":{}"#,
         spec.proto,
         spec.host_addr,
         spec.host_port,
         addr_text(spec.guest_addr),
         spec.guest_port
-    )
-    .into_bytes()
+    );
+    if let Some(m) = spec.guest_mac {
+        let _ = write!(
+            args,
+            r#","guest_mac":"{}""#,
+            crate::rule::mac_dashes(m).replace('-', ":")
+        );
+    }
+    format!(r#"{{"execute":"add_hostfwd","arguments":{{{args}}}}}"#).into_bytes()
 }
 
 /// The `list_hostfwd` request.
@@ -420,6 +539,28 @@ pub fn request_remove(id: u32) -> Vec<u8> {
 /// The `stats` request (usernet extension).
 pub fn request_stats() -> Vec<u8> {
     br#"{"execute":"stats"}"#.to_vec()
+}
+
+/// A request without arguments, e.g. `list_ports` or `list_leases`.
+pub fn request_plain(execute: &str) -> Vec<u8> {
+    serde_json::json!({ "execute": execute })
+        .to_string()
+        .into_bytes()
+}
+
+/// The `attach` request (its descriptor travels beside it, in `SCM_RIGHTS`).
+pub fn request_attach(kind: AttachKind, name: &str) -> Vec<u8> {
+    serde_json::json!({"execute": "attach", "arguments": {"kind": kind.as_str(), "name": name}})
+        .to_string()
+        .into_bytes()
+}
+
+/// The `request_lease` request.
+pub fn request_lease(mac: [u8; 6], hostname: Option<&str>) -> Vec<u8> {
+    let mac = crate::rule::mac_dashes(mac).replace('-', ":");
+    serde_json::json!({"execute": "request_lease", "arguments": {"mac": mac, "hostname": hostname}})
+        .to_string()
+        .into_bytes()
 }
 
 /// A reply, as the client reads it.
@@ -462,6 +603,7 @@ fn parse_entry(i: usize, v: &Value) -> Result<Rule, ApiError> {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let host_port = port(o.get("host_port")).ok_or_else(|| bad_reply(field("host_port")))?;
     let guest_addr = addr(o.get("guest_addr")).map_err(|()| bad_reply(field("guest_addr")))?;
+    let guest_mac = mac(o.get("guest_mac")).map_err(|()| bad_reply(field("guest_mac")))?;
     let guest_port = port(o.get("guest_port")).ok_or_else(|| bad_reply(field("guest_port")))?;
     let name = match o.get("name") {
         None | Some(Value::Null) => None,
@@ -475,6 +617,7 @@ fn parse_entry(i: usize, v: &Value) -> Result<Rule, ApiError> {
             host_addr,
             host_port,
             guest_addr,
+            guest_mac,
             guest_port,
             name,
         },
@@ -896,6 +1039,7 @@ mod tests {
                     host_addr: ip("::1"),
                     host_port: 5353,
                     guest_addr: Some(ip("fd00::100")),
+                    guest_mac: None,
                     guest_port: 53,
                     name: Some("dns \"v6\"".into()),
                 },
@@ -1095,6 +1239,7 @@ mod tests {
             udp in any::<bool>(),
             h in any::<[u8; 4]>(),
             g in proptest::option::of(any::<[u8; 16]>()),
+            m in any::<[u8; 6]>(),
             hp in 1u16..,
             gp in 1u16..,
         ) {
@@ -1103,6 +1248,7 @@ mod tests {
                 host_addr: IpAddr::from(h),
                 host_port: hp,
                 guest_addr: g.map(IpAddr::from),
+                guest_mac: if g.is_none() && m[5] & 1 == 1 { Some(m) } else { None },
                 guest_port: gp,
                 name: None,
             };
@@ -1110,5 +1256,56 @@ mod tests {
             let rule = Rule { id: 9, spec };
             prop_assert_eq!(parse_reply(&reply_list(std::slice::from_ref(&rule), None)).unwrap(), Reply::List(vec![rule]));
         }
+    }
+
+    #[test]
+    fn network_requests() {
+        assert_eq!(
+            parse_request(br#"{"execute":"list_ports"}"#),
+            Ok(Request::ListPorts)
+        );
+        assert_eq!(
+            parse_request(&request_plain("list_leases")),
+            Ok(Request::ListLeases)
+        );
+        assert_eq!(
+            parse_request(&request_attach(AttachKind::Tap, "1234:tap0")),
+            Ok(Request::Attach {
+                kind: AttachKind::Tap,
+                name: "1234:tap0".into()
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"execute":"attach","arguments":{"kind":"usb"}}"#)
+                .unwrap_err()
+                .desc(),
+            r#"bad request: arguments.kind must be "tap" or "stream""#
+        );
+        let mac = [0x52, 0x54, 0, 1, 2, 3];
+        assert_eq!(
+            parse_request(&request_lease(mac, Some("box"))),
+            Ok(Request::RequestLease {
+                mac,
+                hostname: Some("box".into())
+            })
+        );
+        assert!(
+            parse_request(
+                br#"{"execute":"request_lease","arguments":{"mac":"ff:ff:ff:ff:ff:ff"}}"#
+            )
+            .is_err()
+        );
+        // add_hostfwd naming the guest by MAC; not both ways at once.
+        let r = parse_request(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":2222,"guest_mac":"52-54-00-01-02-03","guest_port":22}}"#);
+        match r {
+            Ok(Request::AddHostfwd(spec)) => assert_eq!(spec.guest_mac, Some(mac)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_request(br#"{"execute":"add_hostfwd","arguments":{"proto":"tcp","host_port":2222,"guest_addr":"10.0.2.15","guest_mac":"52:54:00:01:02:03","guest_port":22}}"#)
+                .unwrap_err()
+                .desc(),
+            "bad request: add_hostfwd: bad arguments.guest_mac"
+        );
     }
 }

@@ -95,6 +95,12 @@ pub fn api_request(data: &[u8]) {
                 Request::ListHostfwd => api::request_list(),
                 Request::RemoveHostfwd { id } => api::request_remove(*id),
                 Request::Stats => api::request_stats(),
+                Request::ListPorts => api::request_plain("list_ports"),
+                Request::ListLeases => api::request_plain("list_leases"),
+                Request::Attach { kind, name } => api::request_attach(*kind, name),
+                Request::RequestLease { mac, hostname } => {
+                    api::request_lease(*mac, hostname.as_deref())
+                }
             };
             assert_eq!(parse_request(&again).as_ref(), Ok(req));
         }

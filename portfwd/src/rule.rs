@@ -98,8 +98,12 @@ pub struct RuleSpec {
     pub host_addr: IpAddr,
     /// The host port to listen on, 1-65535.
     pub host_port: u16,
-    /// The guest address to forward to; `None` means the engine's default guest.
+    /// The guest address to forward to; `None` means the engine's default guest
+    /// (or the guest holding `guest_mac`'s lease).
     pub guest_addr: Option<IpAddr>,
+    /// The guest named by its MAC instead of an address (on networks of several
+    /// guests): the engine resolves it through that MAC's DHCP lease per connection.
+    pub guest_mac: Option<[u8; 6]>,
     /// The guest port to forward to, 1-65535.
     pub guest_port: u16,
     /// A label (from `--natpf`), shown in listings; `None` for unnamed rules.
@@ -114,10 +118,40 @@ impl RuleSpec {
             host_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             host_port,
             guest_addr: None,
+            guest_mac: None,
             guest_port,
             name: None,
         }
     }
+}
+
+/// Writes a MAC as the rules do: six hex pairs joined by dashes.
+pub fn mac_dashes(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Reads a MAC written with dashes or colons (`52-54-00-12-34-56`).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let sep = if s.contains('-') { '-' } else { ':' };
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for part in s.split(sep) {
+        if n == 6 || part.len() != 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6).then_some(out)
+}
+
+/// Whether a part of a rule is a MAC written with dashes (the only MAC form a
+/// `:`-separated rule can hold).
+fn is_dashed_mac(s: &str) -> bool {
+    s.contains('-') && parse_mac(s).is_some()
 }
 
 /// Writes an address for a `:`-separated rule: IPv6 in brackets.
@@ -138,6 +172,8 @@ impl fmt::Display for RuleSpec {
         if let Some(guest) = self.guest_addr {
             write_addr(f, guest)?;
             f.write_str(":")?;
+        } else if let Some(mac) = self.guest_mac {
+            write!(f, "{}:", mac_dashes(mac))?;
         }
         write!(f, "{}/{}", self.guest_port, self.proto)
     }
@@ -381,6 +417,14 @@ fn parse_addr(side: Side, s: &str) -> Result<Option<IpAddr>, RuleErrorKind> {
         })
 }
 
+/// Parses the guest side's address: an IP address, a MAC with dashes, or nothing.
+fn parse_guest(s: &str) -> Result<(Option<IpAddr>, Option<[u8; 6]>), RuleErrorKind> {
+    if is_dashed_mac(s) {
+        return Ok((None, parse_mac(s)));
+    }
+    Ok((parse_addr(Side::Guest, s)?, None))
+}
+
 /// Splits on `:` outside brackets; fails on unbalanced or nested brackets.
 fn split_colons(s: &str) -> Result<Vec<&str>, RuleErrorKind> {
     let mut parts = Vec::new();
@@ -452,7 +496,7 @@ fn parse_publish_inner(s: &str) -> Result<Vec<RuleSpec>, RuleErrorKind> {
         [] | [_] => return Err(RuleErrorKind::OnePort),
         [hp, gp] => ("", *hp, "", *gp),
         [a, b, c] => {
-            if looks_like_port(a) && !looks_like_port(b) {
+            if looks_like_port(a) && (!looks_like_port(b) || is_dashed_mac(b)) {
                 ("", *a, *b, *c)
             } else {
                 (*a, *b, "", *c)
@@ -466,7 +510,7 @@ fn parse_publish_inner(s: &str) -> Result<Vec<RuleSpec>, RuleErrorKind> {
         return Err(RuleErrorKind::Missing("host port", PUBLISH_SYNTAX));
     }
     let (hs, he) = parse_port_range(Side::Host, host_ports)?;
-    let guest_addr = parse_addr(Side::Guest, guest_addr)?;
+    let (guest_addr, guest_mac) = parse_guest(guest_addr)?;
     if guest_ports.is_empty() {
         return Err(RuleErrorKind::Missing("guest port", PUBLISH_SYNTAX));
     }
@@ -487,6 +531,7 @@ fn parse_publish_inner(s: &str) -> Result<Vec<RuleSpec>, RuleErrorKind> {
             host_addr,
             host_port,
             guest_addr,
+            guest_mac,
             guest_port,
             name: None,
         })
@@ -523,7 +568,7 @@ fn parse_natpf_inner(s: &str) -> Result<RuleSpec, RuleErrorKind> {
         return Err(RuleErrorKind::Missing("host port", NATPF_SYNTAX));
     }
     let host_port = parse_port(Side::Host, host_port)?;
-    let guest_addr = parse_addr(Side::Guest, guest_ip)?;
+    let (guest_addr, guest_mac) = parse_guest(guest_ip)?;
     if guest_port.is_empty() {
         return Err(RuleErrorKind::Missing("guest port", NATPF_SYNTAX));
     }
@@ -533,6 +578,7 @@ fn parse_natpf_inner(s: &str) -> Result<RuleSpec, RuleErrorKind> {
         host_addr: host_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         host_port,
         guest_addr,
+        guest_mac,
         guest_port,
         name: (!name.is_empty()).then(|| (*name).to_owned()),
     })
@@ -812,6 +858,27 @@ mod tests {
     }
 
     #[test]
+    fn guests_named_by_mac() {
+        let mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let r = one("127.0.0.1:2222:52-54-00-12-34-56:22");
+        assert_eq!((r.guest_addr, r.guest_mac, r.guest_port), (None, mac, 22));
+        assert_eq!(r.to_string(), "127.0.0.1:2222:52-54-00-12-34-56:22/tcp");
+        // Three parts: HOSTPORT:MAC:GUESTPORT, even though a dashed MAC of digits
+        // looks like a port range.
+        let r = one("2222:52-54-00-12-34-56:22");
+        assert_eq!((r.host_port, r.guest_mac), (2222, mac));
+        let r = parse_natpf("ssh,tcp,,2222,52-54-00-12-34-56,22").unwrap();
+        assert_eq!(r.guest_mac, mac);
+        assert_eq!(parse_mac("52:54:00:12:34:56"), mac);
+        assert_eq!(parse_mac("52-54-00-12-34"), None);
+        assert_eq!(parse_mac("52-54-00-12-34-5g"), None);
+        assert_eq!(
+            mac_dashes([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+            "52-54-00-12-34-56"
+        );
+    }
+
+    #[test]
     fn natpf_forms() {
         let r = parse_natpf("guestssh,tcp,,2222,,22").unwrap();
         assert_eq!(
@@ -928,11 +995,17 @@ mod tests {
             host_addr in arb_addr(),
             host_port in 1u16..,
             guest_addr in proptest::option::of(arb_addr()),
+            mac in any::<[u8; 6]>(),
+            by_mac in any::<bool>(),
             guest_port in 1u16..,
         ) -> RuleSpec {
+            let (guest_addr, guest_mac) = match (by_mac, guest_addr) {
+                (true, None) => (None, Some(mac)),
+                (_, a) => (a, None),
+            };
             RuleSpec {
                 proto: if udp { Proto::Udp } else { Proto::Tcp },
-                host_addr, host_port, guest_addr, guest_port, name: None,
+                host_addr, host_port, guest_addr, guest_mac, guest_port, name: None,
             }
         }
     }
