@@ -1554,3 +1554,396 @@ impl Drop for DhclientGuard {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// networks of guests: `usernet network`, `usernet attach`
+// ---------------------------------------------------------------------------------------
+
+/// What a command printed, run with its output to files (not pipes): safe when it leaves
+/// a background child behind that keeps its stdout/stderr open.
+#[derive(Debug)]
+pub struct FileOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `c` with stdout/stderr to fresh files in `dir` (tagged `tag`), waits at most
+/// `timeout` (then kills it, by its PID, and fails the test).
+pub fn run_to_files(c: &mut Command, dir: &Path, tag: &str, timeout: Duration) -> FileOutput {
+    let id = unique_id();
+    let so = dir.join(format!("{tag}-{id}.stdout"));
+    let se = dir.join(format!("{tag}-{id}.stderr"));
+    let fo = File::create(&so).unwrap_or_else(|e| panic!("create {}: {e}", so.display()));
+    let fe = File::create(&se).unwrap_or_else(|e| panic!("create {}: {e}", se.display()));
+    c.stdin(Stdio::null()).stdout(fo).stderr(fe);
+    let desc = format!("{c:?}");
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!(
+                "{desc} did not finish within {timeout:?} (killed, {st}); stdout: {}; stderr: {}",
+                std::fs::read_to_string(&so).unwrap_or_default(),
+                std::fs::read_to_string(&se).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    FileOutput {
+        status,
+        stdout: std::fs::read_to_string(&so).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&se).unwrap_or_default(),
+    }
+}
+
+/// `usernet network NAME --runtime-dir DIR ...` running inside a host namespace (killed,
+/// by its PID, on drop). DIR is `<host scratch dir>/run`, so tests never share sockets.
+pub struct Network {
+    child: Child,
+    /// PID of the engine (ip netns exec execs into it).
+    pub pid: u32,
+    /// The network's name.
+    pub name: String,
+    /// The `--runtime-dir`.
+    pub runtime_dir: PathBuf,
+    /// The host namespace's name (for `ip netns exec`).
+    pub host_name: String,
+    log: PathBuf,
+    reaped: Option<ExitStatus>,
+}
+
+/// The runtime directory the network helpers use for a host namespace.
+pub fn network_runtime_dir(host: &HostNs) -> PathBuf {
+    host.dir.join("run")
+}
+
+impl Network {
+    /// Starts `usernet network NAME --runtime-dir <host.dir>/run --ready-fd=20 ARGS` in
+    /// `host` and waits (≤ [`READY_TIMEOUT`]) for "1" on the ready fd.
+    pub fn start(host: &HostNs, name: &str, args: &[&str]) -> Network {
+        let runtime_dir = network_runtime_dir(host);
+        let log = host.dir.join(format!("network-{name}.log"));
+        let errf = File::create(&log).expect("create network log");
+        let (rr, rw) = pipe();
+        let mut c = host.command(&engine_bin().to_string_lossy());
+        c.arg("network")
+            .arg(name)
+            .arg("--runtime-dir")
+            .arg(&runtime_dir)
+            .arg(format!("--ready-fd={READY_FD}"))
+            .args(args);
+        c.stdin(Stdio::null())
+            .stdout(errf.try_clone().expect("dup"))
+            .stderr(errf);
+        pass_fds(&mut c, vec![(rw.as_raw_fd(), READY_FD)]);
+        let desc = format!("{c:?}");
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+        drop(rw);
+        let pid = child.id();
+        let mut n = Network {
+            child,
+            pid,
+            name: name.to_string(),
+            runtime_dir,
+            host_name: host.name.clone(),
+            log,
+            reaped: None,
+        };
+        let mut f = File::from(rr);
+        let start = Instant::now();
+        let mut got = Vec::new();
+        loop {
+            let left = READY_TIMEOUT.saturating_sub(start.elapsed());
+            assert!(
+                !left.is_zero(),
+                "{desc}: nothing on the ready fd within {READY_TIMEOUT:?}; output: {}",
+                n.log()
+            );
+            if !poll_readable(f.as_raw_fd(), left.min(Duration::from_millis(200))) {
+                if let Some(st) = n.try_wait() {
+                    panic!(
+                        "{desc} exited ({st}) before it was ready; output: {}",
+                        n.log()
+                    );
+                }
+                continue;
+            }
+            let mut buf = [0u8; 16];
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    got.extend_from_slice(&buf[..k]);
+                    if got.contains(&b'1') {
+                        break;
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            b"1",
+            "{desc}: the ready fd should carry \"1\"; output: {}",
+            n.log()
+        );
+        n.assert_alive("right after signalling readiness");
+        n
+    }
+
+    /// `DIR/NAME`.
+    pub fn dir(&self) -> PathBuf {
+        self.runtime_dir.join(&self.name)
+    }
+
+    /// `DIR/NAME/api.sock`.
+    pub fn api(&self) -> PathBuf {
+        self.dir().join("api.sock")
+    }
+
+    /// `DIR/NAME/stream.sock`.
+    pub fn stream_sock(&self) -> PathBuf {
+        self.dir().join("stream.sock")
+    }
+
+    /// What the engine printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Exit status if it exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.reaped.is_none() {
+            self.reaped = self.child.try_wait().ok().flatten();
+        }
+        self.reaped
+    }
+
+    /// Fails the test (with the engine's output) unless it still runs.
+    pub fn assert_alive(&mut self, what: &str) {
+        if let Some(st) = self.try_wait() {
+            panic!(
+                "usernet network {} exited ({st}) {what}; its output: {}",
+                self.name,
+                self.log()
+            );
+        }
+    }
+
+    /// `usernet attach --runtime-dir DIR ARGS NAME PID` for `guest` (run inside the host
+    /// namespace); fails the test unless it exits 0 printing "port N"; returns N.
+    pub fn attach(&self, host: &HostNs, guest: &Guest, args: &[&str]) -> u64 {
+        let out = attach_cmd(host, &self.runtime_dir, &self.name, guest.pid, args);
+        parse_attach_port(&out).unwrap_or_else(|| {
+            panic!(
+                "usernet attach {args:?} {} {} failed or printed no \"port N\": {out:?}\n\
+                 network output: {}",
+                self.name,
+                guest.pid,
+                self.log()
+            )
+        })
+    }
+
+    /// `usernet network NAME --list [--json] --runtime-dir DIR` (20 s deadline).
+    pub fn list_cmd(&self, json: bool) -> Output {
+        let mut c = Command::new(engine_bin());
+        c.arg("network").arg(&self.name).arg("--list");
+        if json {
+            c.arg("--json");
+        }
+        c.arg("--runtime-dir").arg(&self.runtime_dir);
+        run_timeout(&mut c, Duration::from_secs(20))
+    }
+
+    /// `--list --json` parsed; fails the test unless it succeeds with a JSON object.
+    pub fn list_json(&self) -> serde_json::Value {
+        let out = self.list_cmd(true);
+        assert!(
+            out.status.success(),
+            "usernet network {} --list --json failed ({}): {}{}",
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "--list --json is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The `--list --json` array `key` ("ports", "leases", "forwards").
+    pub fn list_array(&self, key: &str) -> Vec<serde_json::Value> {
+        let v = self.list_json();
+        v.get(key)
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_else(|| panic!("--list --json without a \"{key}\" array: {v}"))
+    }
+
+    /// An API request's `.return.KEY` array (`list_ports` → "ports", `list_leases` →
+    /// "leases").
+    pub fn api_array(&self, execute: &str, key: &str) -> Vec<serde_json::Value> {
+        let v = api_json(&self.api(), &format!(r#"{{"execute":"{execute}"}}"#));
+        v.pointer(&format!("/return/{key}"))
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_else(|| panic!("{execute} reply without .return.{key}: {v}"))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `ip netns exec HOST usernet attach --runtime-dir DIR ARGS NAME PID` (30 s deadline;
+/// output to files, as attach may start a network that outlives it).
+pub fn attach_cmd(
+    host: &HostNs,
+    runtime_dir: &Path,
+    name: &str,
+    pid: u32,
+    args: &[&str],
+) -> FileOutput {
+    let mut c = host.command(&engine_bin().to_string_lossy());
+    c.arg("attach")
+        .arg("--runtime-dir")
+        .arg(runtime_dir)
+        .args(args)
+        .arg(name)
+        .arg(pid.to_string());
+    run_to_files(&mut c, &host.dir, "attach", Duration::from_secs(30))
+}
+
+/// The N of attach's "port N" (only when it exited 0).
+pub fn parse_attach_port(out: &FileOutput) -> Option<u64> {
+    if !out.status.success() {
+        return None;
+    }
+    out.stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("port "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// PIDs of `usernet` processes whose command line names `path` (e.g. a network the test
+/// caused `usernet attach` to start with the test's runtime directory).
+pub fn usernet_pids_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let is_usernet = args
+            .first()
+            .is_some_and(|a| a.rsplit('/').next() == Some("usernet"))
+            || exe
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("usernet"));
+        if is_usernet && args.iter().any(|a| a.contains(&needle)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Kills (SIGKILL, by PID) on drop every `usernet` process whose command line names
+/// `path`: the networks `usernet attach` started for the test (they live in its scratch
+/// directory, so no other process matches).
+pub struct KillUsernetMentioning(pub PathBuf);
+
+impl Drop for KillUsernetMentioning {
+    fn drop(&mut self) {
+        for pid in usernet_pids_mentioning(&self.0) {
+            if let Ok(p) = libc::pid_t::try_from(pid) {
+                // SAFETY: kill(2) on a usernet process started for this test (its command
+                // line names the test's own scratch directory).
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Runs busybox udhcpc once in `guest` on tap0 (DISCOVER → lease → quit, ≤ ~12 s) with a
+/// script written here that configures tap0 INSIDE the guest (address, default route via
+/// the first router if any) and records what it was given; never the distribution
+/// script. `extra` goes to udhcpc (e.g. `-x hostname:NAME`). Returns the recorded
+/// variables (ip, mask, router, dns, serverid, lease); fails the test without a lease.
+pub fn guest_udhcpc(
+    guest: &Guest,
+    dir: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> std::collections::HashMap<String, String> {
+    require_tool("udhcpc");
+    let out = dir.join(format!("udhcpc-{tag}.env"));
+    let script = dir.join(format!("udhcpc-{tag}.sh"));
+    let _ = std::fs::remove_file(&out);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             case \"$1\" in bound|renew)\n\
+             ip addr replace \"$ip/$mask\" dev \"$interface\" || exit 1\n\
+             for r in $router; do ip route replace default via \"$r\" dev \"$interface\"; break; done\n\
+             {{ echo \"event=$1\"; echo \"ip=$ip\"; echo \"mask=$mask\"; echo \"router=$router\";\n\
+             echo \"dns=$dns\"; echo \"serverid=$serverid\"; echo \"lease=$lease\"; }} > '{}' ;;\n\
+             esac\nexit 0\n",
+            out.display()
+        ),
+    )
+    .expect("write udhcpc script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod udhcpc script");
+    }
+    let mut c = guest.command("udhcpc");
+    c.args(["-i", "tap0", "-f", "-q", "-n", "-t", "5", "-T", "2", "-s"])
+        .arg(&script)
+        .args(extra);
+    let o = run_timeout(&mut c, Duration::from_secs(30));
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        o.status.success() && !text.is_empty(),
+        "udhcpc ({tag}) got no lease ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
