@@ -107,7 +107,7 @@ pub struct NetArgs {
     about = "User-mode networking for network namespaces and VMs (a drop-in for slirp4netns).",
     long_about = None,
     disable_version_flag = true,
-    after_help = "Other commands:\n  usernet run [OPTIONS] [-- COMMAND [ARG...]]   run COMMAND in a new networked namespace\n  usernet vm [OPTIONS] --stream unix:PATH       serve a VM (QEMU -netdev stream/dgram)\n  usernet fwd add|list|remove -a SOCKET ...     manage port forwards of a running usernet\n  usernet stats -a SOCKET                       print a running usernet's counters\n\nExamples:\n  usernet --configure --mtu=65520 $(pidof my-container-init) tap0\n  usernet run -- curl http://10.0.2.2:8080/"
+    after_help = "Other commands:\n  usernet run [OPTIONS] [-- COMMAND [ARG...]]   run COMMAND in a new networked namespace\n  usernet vm [OPTIONS] --stream unix:PATH       serve a VM (QEMU -netdev stream/dgram)\n  usernet network NAME [--mode nat|internal|host-only]   run a network several guests join\n  usernet attach NAME PID [TAPNAME]             join a namespace to a network\n  usernet fwd add|list|remove -a SOCKET ...     manage port forwards of a running usernet\n  usernet stats -a SOCKET                       print a running usernet's counters\n\nExamples:\n  usernet --configure --mtu=65520 $(pidof my-container-init) tap0\n  usernet run -- curl http://10.0.2.2:8080/"
 )]
 pub struct NsCli {
     /// Bring up the TAP interface (address network+100, default route, MTU) and lo
@@ -163,6 +163,12 @@ pub struct RunCli {
     /// Name of the TAP device in the new namespace
     #[arg(long = "tap-name", default_value = "tap0", value_name = "NAME")]
     pub tap_name: String,
+    /// Join network NAME (usernet network; started on first use) instead of a network of one's own
+    #[arg(long = "network", value_name = "NAME")]
+    pub network: Option<String>,
+    /// With --network: directory of the networks' sockets
+    #[arg(long = "runtime-dir", value_name = "DIR", requires = "network")]
+    pub runtime_dir: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
     /// The command and its arguments
@@ -264,7 +270,8 @@ fn parse_cidr6(s: &str) -> Result<(std::net::Ipv6Addr, u8), String> {
     Ok((addr, 64))
 }
 
-fn parse_mac(s: &str) -> Result<Mac, String> {
+/// Parse a `--macaddress` value.
+pub fn parse_mac(s: &str) -> Result<Mac, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let bad = || {
         format!("MAC address \"{s}\" is not valid (expected six hex bytes like 02:11:22:33:44:55)")

@@ -137,6 +137,12 @@ pub struct Config {
     /// to the host or beyond is refused (the building block of internal networks, and
     /// what the frame-pipeline fuzz target runs with so that it never opens a socket).
     pub outbound: bool,
+    /// Host-only network: guest flows may reach the host's loopback (through the
+    /// gateway address) and the DNS relay, nothing beyond the host.
+    pub host_only: bool,
+    /// Internal network: the router answers ARP for its address and serves DHCP (when
+    /// on), and drops everything else; nothing is routed, not even to itself.
+    pub internal: bool,
     /// Answer DNS on `dns`.
     pub enable_dns: bool,
     /// Source address for outbound IPv4 sockets.
@@ -170,6 +176,8 @@ impl Config {
             mtu: DEFAULT_MTU,
             disable_host_loopback: false,
             outbound: true,
+            host_only: false,
+            internal: false,
             enable_dns: true,
             outbound_addr: None,
             outbound_addr6: None,

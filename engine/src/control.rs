@@ -22,7 +22,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use usernet_portfwd::api::{self, ApiError, Request, RequestReader};
+use usernet_portfwd::api::{self, ApiError, AttachKind, Request, RequestReader};
 use usernet_portfwd::serde_json::Value;
 use usernet_portfwd::{Rule, RuleSpec, Table};
 
@@ -56,6 +56,37 @@ pub enum Command {
     },
     /// Send the counters, flows and leases as JSON.
     Stats(SyncSender<Value>),
+    /// Answer a listing (`list_ports`, `list_leases`) as JSON.
+    Query(Query, SyncSender<Value>),
+    /// Make `fd` a new port of the network (`attach`).
+    Attach {
+        /// The TAP device or connected stream socket.
+        fd: std::os::fd::OwnedFd,
+        /// Which of the two it is.
+        kind: AttachKind,
+        /// A label for listings.
+        name: String,
+        /// The new port's id, or why not.
+        reply: SyncSender<Result<Value, String>>,
+    },
+    /// Lease an address without a DHCP exchange (`request_lease`).
+    RequestLease {
+        /// The guest's MAC.
+        mac: [u8; 6],
+        /// Its host name.
+        hostname: Option<String>,
+        /// The lease (address, prefix, gateway, DNS), or why not.
+        reply: SyncSender<Result<Value, String>>,
+    },
+}
+
+/// A listing the engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// The switch's ports (one port outside networks).
+    Ports,
+    /// The DHCP leases.
+    Leases,
 }
 
 /// The sending side: a bounded channel plus the engine's waker.
@@ -199,8 +230,9 @@ pub fn spawn_api(
 fn serve_client(conn: &mut UnixStream, rules: &Rules, ctl: &Control) {
     let _ = conn.set_read_timeout(Some(API_READ_TIMEOUT));
     let _ = conn.set_write_timeout(Some(API_READ_TIMEOUT));
-    let reply = match read_request(conn) {
-        Ok(req) => handle(req, rules, ctl),
+    let mut fd = None;
+    let reply = match read_request(conn, &mut fd) {
+        Ok(req) => handle(req, fd, rules, ctl),
         Err(e) => {
             tracing::debug!(error = %e.desc(), "bad API request");
             e.reply()
@@ -210,11 +242,16 @@ fn serve_client(conn: &mut UnixStream, rules: &Rules, ctl: &Control) {
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
-fn read_request(conn: &mut UnixStream) -> Result<Request, ApiError> {
+/// Read one request; a descriptor passed with it (`SCM_RIGHTS`, for `attach`) is
+/// kept in `fd` (only the first; any others are closed).
+fn read_request(
+    conn: &mut UnixStream,
+    fd: &mut Option<std::os::fd::OwnedFd>,
+) -> Result<Request, ApiError> {
     let mut reader = RequestReader::new();
     let mut buf = [0u8; 4096];
     loop {
-        match conn.read(&mut buf) {
+        match recv_with_fd(conn, &mut buf, fd) {
             Ok(0) => break,
             Ok(n) => {
                 reader.push(&buf[..n])?;
@@ -230,8 +267,88 @@ fn read_request(conn: &mut UnixStream) -> Result<Request, ApiError> {
     reader.finish()
 }
 
-fn handle(req: Request, rules: &Rules, ctl: &Control) -> Vec<u8> {
+/// `read` that also takes descriptors passed with the bytes (close-on-exec).
+fn recv_with_fd(
+    conn: &mut UnixStream,
+    buf: &mut [u8],
+    fd: &mut Option<std::os::fd::OwnedFd>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel just installed `raw` in this process for us
+                // (SCM_RIGHTS); nothing else owns it.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+                if fd.is_none() {
+                    *fd = Some(owned);
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Send a command that answers through a channel and wait for the answer.
+fn ask<T>(ctl: &Control, make: impl FnOnce(SyncSender<T>) -> Command) -> Option<T> {
+    let (tx, rx) = sync_channel(1);
+    ctl.send(make(tx));
+    rx.recv_timeout(STATS_TIMEOUT).ok()
+}
+
+fn handle(req: Request, fd: Option<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Control) -> Vec<u8> {
+    let late = || api::reply_error("the engine did not answer in time");
     match req {
+        Request::ListPorts | Request::ListLeases => {
+            let q = if req == Request::ListPorts {
+                Query::Ports
+            } else {
+                Query::Leases
+            };
+            match ask(ctl, |tx| Command::Query(q, tx)) {
+                Some(v) => api::reply_stats(&v),
+                None => late(),
+            }
+        }
+        Request::Attach { kind, name } => {
+            let Some(fd) = fd else {
+                return api::reply_error(
+                    "attach: no file descriptor came with the request (pass the TAP or socket with SCM_RIGHTS)",
+                );
+            };
+            match ask(ctl, |reply| Command::Attach {
+                fd,
+                kind,
+                name,
+                reply,
+            }) {
+                Some(Ok(v)) => api::reply_stats(&v),
+                Some(Err(e)) => api::reply_error(&format!("attach: {e}")),
+                None => late(),
+            }
+        }
+        Request::RequestLease { mac, hostname } => {
+            match ask(ctl, |reply| Command::RequestLease {
+                mac,
+                hostname,
+                reply,
+            }) {
+                Some(Ok(v)) => api::reply_stats(&v),
+                Some(Err(e)) => api::reply_error(&format!("request_lease: {e}")),
+                None => late(),
+            }
+        }
         Request::AddHostfwd(spec) => match rules.add(spec.clone()) {
             Ok((id, listener)) => {
                 ctl.send(Command::AddForward { id, spec, listener });
@@ -251,22 +368,38 @@ fn handle(req: Request, rules: &Rules, ctl: &Control) -> Vec<u8> {
                 ApiError::RemoveBadId.reply()
             }
         }
-        Request::Stats => {
-            let (tx, rx) = sync_channel(1);
-            ctl.send(Command::Stats(tx));
-            match rx.recv_timeout(STATS_TIMEOUT) {
-                Ok(v) => api::reply_stats(&v),
-                Err(_) => api::reply_error("the engine did not answer in time"),
-            }
-        }
+        Request::Stats => match ask(ctl, Command::Stats) {
+            Some(v) => api::reply_stats(&v),
+            None => late(),
+        },
     }
 }
 
 /// The client side of the API: send one request, read the whole reply.
 pub fn call(path: &Path, request: &[u8]) -> io::Result<Vec<u8>> {
+    call_with_fd(path, request, None)
+}
+
+/// [`call`], passing `fd` with the request (`SCM_RIGHTS`), as `attach` needs.
+pub fn call_with_fd(
+    path: &Path,
+    request: &[u8],
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<Vec<u8>> {
     let mut s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(request)?;
+    if let Some(fd) = fd {
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        use std::os::fd::AsRawFd;
+        let raw = [fd.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let iov = [io::IoSlice::new(request)];
+        let n = sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+            .map_err(io::Error::from)?;
+        s.write_all(&request[n..])?;
+    } else {
+        s.write_all(request)?;
+    }
     s.shutdown(std::net::Shutdown::Write)?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;

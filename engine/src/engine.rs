@@ -303,7 +303,82 @@ fn apply(router: &mut Router, stats: &Stats, c: Command) {
         Command::Stats(tx) => {
             let _ = tx.try_send(stats_json(router, stats));
         }
+        Command::Query(q, tx) => {
+            let v = match q {
+                crate::control::Query::Leases => {
+                    serde_json::json!({ "leases": leases_json(router) })
+                }
+                crate::control::Query::Ports => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    serde_json::json!({ "ports": [{
+                        "id": 1, "kind": "guest", "name": "", "mac": "",
+                        "rx_frames": stats.rx_frames.load(Relaxed),
+                        "rx_bytes": stats.rx_bytes.load(Relaxed),
+                        "tx_frames": stats.tx_frames.load(Relaxed),
+                        "tx_bytes": stats.tx_bytes.load(Relaxed),
+                        "drops": stats.drop_counts().iter().map(|(_, n)| n).sum::<u64>(),
+                    }]})
+                }
+            };
+            let _ = tx.try_send(v);
+        }
+        Command::Attach { reply, .. } => {
+            let _ = reply.try_send(Err(
+                "this usernet serves a single guest; attach works on networks (usernet network NAME)"
+                    .into(),
+            ));
+        }
+        Command::RequestLease {
+            mac,
+            hostname,
+            reply,
+        } => {
+            let _ = reply.try_send(lease_reply(
+                router,
+                Instant::now(),
+                mac,
+                hostname.as_deref(),
+            ));
+        }
     }
+}
+
+/// Lease an address to `mac` for `request_lease`: the address and what a guest
+/// configured statically from it needs.
+pub fn lease_reply(
+    router: &mut Router,
+    now: Instant,
+    mac: [u8; 6],
+    hostname: Option<&str>,
+) -> Result<serde_json::Value, String> {
+    let addr = router.dhcp_allocate(now, mac, hostname).ok_or_else(|| {
+        "no address to lease (the DHCP server is off or its pool is exhausted)".to_string()
+    })?;
+    let cfg = router.config();
+    Ok(serde_json::json!({
+        "addr": addr.to_string(),
+        "prefix_len": cfg.prefix_len,
+        "gateway": (!cfg.internal).then(|| cfg.gateway.to_string()),
+        "dns": (cfg.enable_dns && !cfg.internal).then(|| cfg.dns.to_string()),
+        "mtu": cfg.mtu,
+    }))
+}
+
+/// The DHCP leases as the API shows them.
+pub fn leases_json(router: &Router) -> Vec<serde_json::Value> {
+    router
+        .leases()
+        .into_iter()
+        .map(|le| {
+            serde_json::json!({
+                "addr": le.addr.to_string(),
+                "mac": usernet_dhcp::fmt_mac(le.mac),
+                "hostname": le.hostname,
+                "state": format!("{:?}", le.state).to_lowercase(),
+                "expires_in_secs": le.expires.saturating_duration_since(Instant::now()).as_secs(),
+            })
+        })
+        .collect()
 }
 
 /// The engine's counters, flows and leases as the `stats` API request answers them.
@@ -315,19 +390,7 @@ pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
         .into_iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
-    let leases: Vec<serde_json::Value> = router
-        .leases()
-        .into_iter()
-        .map(|le| {
-            json!({
-                "addr": le.addr.to_string(),
-                "mac": usernet_dhcp::fmt_mac(le.mac),
-                "hostname": le.hostname,
-                "state": format!("{:?}", le.state).to_lowercase(),
-                "expires_in_secs": le.expires.saturating_duration_since(Instant::now()).as_secs(),
-            })
-        })
-        .collect();
+    let leases = leases_json(router);
     json!({
         "frames": { "from_guest": l(&stats.rx_frames), "to_guest": l(&stats.tx_frames) },
         "bytes": { "from_guest": l(&stats.rx_bytes), "to_guest": l(&stats.tx_bytes) },

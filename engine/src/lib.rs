@@ -28,6 +28,7 @@ pub mod fuzz;
 pub mod fuzz_stream;
 pub mod host;
 pub mod nat;
+pub mod network;
 pub mod ns;
 pub mod pcap;
 pub mod port;

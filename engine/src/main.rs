@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     tune_process();
     let args: Vec<OsString> = std::env::args_os().collect();
     let result = match args.get(1).and_then(|a| a.to_str()) {
-        Some(sub @ ("run" | "fwd" | "stats" | "vm")) => {
+        Some(sub @ ("run" | "fwd" | "stats" | "vm" | "network" | "attach")) => {
             let sub = sub.to_string();
             let mut rest = vec![OsString::from(format!("usernet {sub}"))];
             rest.extend(args.into_iter().skip(2));
@@ -28,6 +28,12 @@ fn main() -> ExitCode {
                 "run" => cmd_run(RunCli::parse_from(rest)),
                 "fwd" => usernet_engine::client::cmd_fwd(FwdCli::parse_from(rest)),
                 "vm" => usernet_engine::vm::cmd_vm(usernet_engine::vm::VmCli::parse_from(rest)),
+                "network" => usernet_engine::network::run::cmd_network(
+                    usernet_engine::network::run::NetworkCli::parse_from(rest),
+                ),
+                "attach" => usernet_engine::network::client::cmd_attach(
+                    usernet_engine::network::client::AttachCli::parse_from(rest),
+                ),
                 _ => usernet_engine::client::cmd_stats(StatsCli::parse_from(rest)),
             }
         }
@@ -105,6 +111,9 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
+    if cli.network.is_some() {
+        return cmd_run_network(cli);
+    }
     let cfg = cli.net.to_config()?;
     init_logging(&cli.net, true)?;
     let resolv = if cfg.enable_dns {
@@ -158,6 +167,68 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     drop(cp.api);
     log_summary(&stats);
     Ok(exit_code(exit))
+}
+
+/// `usernet run --network NAME`: lease an address from the network, configure the
+/// namespace's TAP with it, hand the TAP to the network, and wait for the command.
+fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
+    use usernet_engine::network::client;
+    let name = cli.network.clone().unwrap_or_default();
+    init_logging(&cli.net, true)?;
+    let base = usernet_engine::network::run::runtime_base(cli.runtime_dir.as_deref());
+    let api_path = client::reach(&base, &name, true)?;
+    let mac = cli
+        .net
+        .macaddress
+        .map(|m| m.0)
+        .unwrap_or_else(client::random_mac);
+    let host = format!("run-{}", std::process::id());
+    let lease = client::request_lease(&api_path, mac, Some(&host))
+        .map_err(|e| anyhow::anyhow!("network {name} has no address for this guest: {e}"))?;
+    let resolv = lease.dns.map(|d| {
+        let mut s = format!("# written by usernet run --network {name}\nnameserver {d}\n");
+        if let Ok(host) = std::fs::read_to_string("/etc/resolv.conf") {
+            let conf = usernet_dns::parse_resolv_conf(&host);
+            if !conf.search.is_empty() {
+                s.push_str(&format!("search {}\n", conf.search.join(" ")));
+            }
+        }
+        s
+    });
+    let ifc = ns::IfConfig {
+        configure: true,
+        addr: lease.addr,
+        prefix_len: lease.prefix_len,
+        gateway: lease.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        mtu: lease.mtu,
+        mac: Some(mac),
+    };
+    let mut child = ns::spawn_run_child(&cli.command, &cli.tap_name, &ifc, resolv.as_deref())?;
+    write_pid_file(&cli.net)?;
+    client::attach_fd(
+        &api_path,
+        &child.tap.fd,
+        usernet_portfwd::api::AttachKind::Tap,
+        &format!("run-{}:{}", child.pid, cli.tap_name),
+    )?;
+    // The network holds the TAP now; the child's namespace keeps it alive.
+    let pid = child.pid;
+    // The terminal's ^C and ^\ are for the command (it shares our process group).
+    for sig in [libc::SIGINT, libc::SIGQUIT] {
+        let _ =
+            signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    }
+    child.start()?;
+    let status = loop {
+        match nix::sys::wait::waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r,
+        }
+    };
+    Ok(match status {
+        Ok(s) => ExitCode::from(ns::wait_status_code(s).clamp(0, 255) as u8),
+        Err(_) => ExitCode::FAILURE,
+    })
 }
 
 /// Process-wide settings every mode wants, before anything allocates much:

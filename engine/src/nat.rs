@@ -36,6 +36,9 @@ pub enum Refusal {
     Unroutable,
     /// Outbound flows are off (`Config::outbound`): answer RST / port unreachable.
     NoOutbound,
+    /// A host-only network's flow to somewhere beyond the host (answer: RST / port
+    /// unreachable).
+    HostOnly,
 }
 
 /// Decide where a guest flow to `dst` goes.
@@ -46,6 +49,7 @@ pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddr) -> Result<Target,
     };
     match r {
         Ok(Target::Host(_)) if !cfg.outbound => Err(Refusal::NoOutbound),
+        Ok(Target::Host(a)) if cfg.host_only && !a.ip().is_loopback() => Err(Refusal::HostOnly),
         r => r,
     }
 }
@@ -196,8 +200,26 @@ mod tests {
             enable_dns: false,
             ..Config::default()
         };
+        let hostonly = Config {
+            host_only: true,
+            ..Config::default()
+        };
         let host = |s: &str| Ok(Target::Host(SocketAddr::V4(sa(s))));
         let cases: &[(&Config, Proto, &str, Result<Target, Refusal>)] = &[
+            (&hostonly, Proto::Tcp, "10.0.2.2:80", host("127.0.0.1:80")),
+            (&hostonly, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),
+            (
+                &hostonly,
+                Proto::Tcp,
+                "198.51.100.1:443",
+                Err(Refusal::HostOnly),
+            ),
+            (
+                &hostonly,
+                Proto::Udp,
+                "198.51.100.1:53",
+                Err(Refusal::HostOnly),
+            ),
             (&cfg, Proto::Tcp, "10.0.2.2:80", host("127.0.0.1:80")),
             (&cfg, Proto::Udp, "10.0.2.2:53", host("127.0.0.1:53")),
             (&cfg, Proto::Udp, "10.0.2.3:53", Ok(Target::Dns)),

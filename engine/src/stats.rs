@@ -102,6 +102,18 @@ drop_reasons! {
     TxQueueFull => "tx_queue_full",
     /// The guest's interface refused a frame (e.g. it is down).
     PortWriteFailed => "port_write_failed",
+    /// A frame to the router of an internal network, which routes nothing.
+    InternalNetwork => "internal_network",
+    /// A connection or datagram on a forward whose guest (named by MAC) holds no lease.
+    ForwardGuestUnknown => "forward_guest_unknown",
+    /// A network's frame toward a port whose queue was full.
+    SwitchQueueFull => "switch_queue_full",
+    /// A frame whose source MAC is a group address, or whose destination is on the
+    /// port it came from.
+    SwitchFiltered => "switch_filtered",
+    /// A frame from the router toward a guest address no guest has claimed yet (an
+    /// ARP request for it was sent).
+    NeighborUnresolved => "neighbor_unresolved",
 }
 
 /// Flow counters per protocol.

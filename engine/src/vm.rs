@@ -50,8 +50,60 @@ pub struct VmCli {
     /// Write "1" to this file descriptor and close it once ready
     #[arg(short = 'r', long = "ready-fd", value_name = "FD")]
     pub ready_fd: Option<i32>,
+    /// Join network NAME (usernet network; started on first use): each VM connection on
+    /// --stream, or the --fd socket, becomes a port of that network's switch
+    #[arg(long = "network", value_name = "NAME")]
+    pub network: Option<String>,
+    /// With --network: directory of the networks' sockets
+    #[arg(long = "runtime-dir", value_name = "DIR", requires = "network")]
+    pub runtime_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// `usernet vm --network NAME`: hand the VM's stream connections to the network.
+fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
+    use crate::network::client;
+    use usernet_portfwd::api::AttachKind;
+    let base = crate::network::run::runtime_base(cli.runtime_dir.as_deref());
+    let api_path = client::reach(&base, name, true)?;
+    if let Some(n) = cli.fd {
+        let fd = engine::owned_fd(n).map_err(|e| anyhow::anyhow!("--fd: {e}"))?;
+        let port = client::attach_fd(&api_path, &fd, AttachKind::Stream, &format!("vm-fd-{n}"))?;
+        eprintln!("usernet: the VM on fd {n} joined network {name} as port {port}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some(StreamAddr::Unix(path)) = &cli.stream else {
+        anyhow::bail!(
+            "--network works with --stream unix:PATH or --fd (QEMU may also connect to the network's own stream socket directly: usernet network {name} prints it)"
+        );
+    };
+    let _ = std::fs::remove_file(path);
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    if let Some(h) = qemu_hint(cli, None) {
+        eprintln!("usernet: start QEMU with:\n    {h}");
+    }
+    if let Some(n) = cli.ready_fd {
+        let fd = engine::owned_fd(n).map_err(|e| anyhow::anyhow!("--ready-fd: {e}"))?;
+        use std::io::Write;
+        let _ = std::fs::File::from(fd).write_all(b"1");
+    }
+    for (i, conn) in l.incoming().enumerate() {
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a VM connection");
+                continue;
+            }
+        };
+        let fd = std::os::fd::OwnedFd::from(conn);
+        match client::attach_fd(&api_path, &fd, AttachKind::Stream, &format!("vm-{}", i + 1)) {
+            Ok(port) => eprintln!("usernet: a VM joined network {name} as port {port}"),
+            Err(e) => eprintln!("usernet: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The QEMU command-line arguments that attach a virtio-net NIC to this port.
@@ -71,6 +123,10 @@ pub fn qemu_hint(cli: &VmCli, bound_tcp: Option<std::net::SocketAddr>) -> Option
 
 /// Run `usernet vm`.
 pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
+    if let Some(name) = cli.network.clone() {
+        init_logging(&cli.net, false)?;
+        return vm_on_network(&cli, &name);
+    }
     let cfg = cli.net.to_config()?;
     init_logging(&cli.net, false)?;
     let exit_fd = cli

@@ -70,8 +70,10 @@ pub struct TapTarget {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfConfig {
     pub configure: bool,
+    /// The address to set; 0.0.0.0 brings the link up without one (DHCP guests).
     pub addr: Ipv4Addr,
     pub prefix_len: u8,
+    /// The default route's gateway; 0.0.0.0 adds no default route.
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,

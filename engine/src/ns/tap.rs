@@ -185,9 +185,17 @@ fn configure(
             .map_err(fail(Step::SetMac))?;
     }
 
+    // 0.0.0.0: bring the link up and leave addressing to the guest (its DHCP client).
+    if conf.addr == [0; 4] {
+        return set_up(sock, name).map_err(fail(Step::InterfaceUp));
+    }
     set_addr(sock, name, libc::SIOCSIFADDR, conf.addr).map_err(fail(Step::SetAddress))?;
     set_addr(sock, name, libc::SIOCSIFNETMASK, conf.mask).map_err(fail(Step::SetNetmask))?;
     set_up(sock, name).map_err(fail(Step::InterfaceUp))?;
+    // 0.0.0.0: no default route (a network that routes nowhere).
+    if conf.gateway == [0; 4] {
+        return Ok(());
+    }
 
     // SAFETY: `RtEntry` is a plain C struct of integers, sockaddrs and raw pointers; all-zero
     // (null pointers included) is a valid value.

@@ -186,6 +186,11 @@ impl Forwards {
         Ok(())
     }
 
+    /// The MAC rule `id` names its guest by, if it does.
+    pub fn guest_mac(&self, id: u32) -> Option<[u8; 6]> {
+        self.rules.get(&id)?.spec.guest_mac
+    }
+
     /// Stop serving rule `id`: its socket closes now.
     pub fn remove(&mut self, ctx: &mut Ctx, id: u32) -> bool {
         let Some(mut f) = self.rules.remove(&id) else {
@@ -334,11 +339,10 @@ impl Forwards {
         !self.blocked.is_empty()
     }
 
-    /// Resume UDP rules that waited for room.
-    pub fn resume_blocked(&mut self, ctx: &mut Ctx, now: Instant, def: DefaultGuest) {
-        for id in std::mem::take(&mut self.blocked) {
-            self.udp_readable(ctx, now, id, def);
-        }
+    /// The UDP rules that stopped reading for lack of queue room (the caller resumes
+    /// each with [`Forwards::udp_readable`]).
+    pub fn take_blocked(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.blocked)
     }
 
     /// Rules served now.

@@ -58,6 +58,22 @@ fn is_mld(l4: &[u8]) -> bool {
     next == PROTO_ICMPV6 && matches!(l4.get(at), Some(130..=132 | 143))
 }
 
+/// The destination MAC of frames toward a guest when the router serves a network of
+/// several guests ([`Router::set_shared`]): the network replaces it with the MAC of
+/// the guest that holds the frame's destination address. Locally administered, never
+/// a real interface's.
+pub const UNRESOLVED_MAC: [u8; 6] = [0x02, 0x55, 0x4e, 0x00, 0x00, 0x00];
+
+/// Whether an Ethernet payload is an IPv4 UDP datagram to port 67 (a DHCP client's
+/// message; checked in full by the DHCP path).
+fn is_dhcp_request(ip: &[u8]) -> bool {
+    let Some(&vihl) = ip.first() else {
+        return false;
+    };
+    let hl = usize::from(vihl & 0x0f) * 4;
+    vihl >> 4 == 4 && ip.get(9) == Some(&PROTO_UDP) && ip.get(hl + 2..hl + 4) == Some(&[0, 67])
+}
+
 /// Tokens at or above this value belong to the router; the low ones to the event loop.
 pub const ROUTER_TOKEN_BASE: usize = 1 << 32;
 const KIND_SHIFT: u32 = 40;
@@ -215,6 +231,9 @@ pub struct Router {
     /// Shared context.
     pub ctx: Ctx,
     guest_mac_known: bool,
+    /// One port of a network of several guests: frames toward guests carry
+    /// [`UNRESOLVED_MAC`], and no guest MAC is learned.
+    shared: bool,
     frag: Reassembler,
     frag_deadline: Option<Instant>,
     /// Guest TCP flows.
@@ -302,6 +321,7 @@ impl Router {
             frag: Reassembler::new(ctx.cfg.limits.max_reassembly),
             frag_deadline: None,
             guest_mac_known: guest_mac.is_some(),
+            shared: false,
             udp: udp::UdpTable::default(),
             icmp: icmp::IcmpTable::default(),
             dns,
@@ -330,6 +350,47 @@ impl Router {
         &self.ctx.cfg
     }
 
+    /// Serve a network of several guests: address frames toward guests to
+    /// [`UNRESOLVED_MAC`] (the network resolves it per destination) and learn no MAC.
+    pub fn set_shared(&mut self) {
+        self.shared = true;
+        self.ctx.emit.guest_mac = UNRESOLVED_MAC;
+        self.guest_mac_known = true;
+    }
+
+    /// Lease an address to `mac` without a DHCP exchange (`request_lease`).
+    pub fn dhcp_allocate(
+        &mut self,
+        now: Instant,
+        mac: [u8; 6],
+        hostname: Option<&str>,
+    ) -> Option<Ipv4Addr> {
+        let a = self.dhcp.as_mut()?.allocate(now, mac, hostname);
+        let next = self.dhcp.as_ref().and_then(|s| s.poll_at());
+        self.ctx
+            .timers
+            .reschedule(TimerKey::Dhcp, &mut self.dhcp_deadline, next);
+        a
+    }
+
+    /// The MAC holding (or offered) `addr` by DHCP: O(1).
+    pub fn dhcp_mac_for(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.dhcp.as_ref()?.mac_for_addr(addr)
+    }
+
+    /// The guest a forward rule sends to: `None` when the rule names its guest by a
+    /// MAC that holds no lease.
+    fn guest_for_rule(&self, id: u32) -> Option<fwd::DefaultGuest> {
+        let guest = self.default_guest();
+        match self.fwd.guest_mac(id) {
+            None => Some(guest),
+            Some(mac) => {
+                let v4 = self.dhcp.as_ref()?.lease_for_mac(mac)?;
+                Some(fwd::DefaultGuest { v4, v6: None })
+            }
+        }
+    }
+
     /// Frames waiting for the port.
     pub fn txq(&mut self) -> &mut TxQueue {
         &mut self.ctx.txq
@@ -347,6 +408,13 @@ impl Router {
             return;
         }
         let src = eth.src_addr();
+        if self.ctx.cfg.internal
+            && eth.ethertype() != EthernetProtocol::Arp
+            && !is_dhcp_request(eth.payload())
+        {
+            self.ctx.drop(DropReason::InternalNetwork);
+            return;
+        }
         match eth.ethertype() {
             EthernetProtocol::Arp => self.handle_arp(eth.payload(), src.0),
             EthernetProtocol::Ipv4 => self.handle_ipv4(now, eth.payload(), src.0),
@@ -358,6 +426,9 @@ impl Router {
     /// Learn the guest's MAC, from a frame whose network header checked out (a garbage
     /// frame with a random source must not redirect the guest's traffic).
     fn learn_mac(&mut self, mac: [u8; 6]) {
+        if self.shared {
+            return;
+        }
         if mac != self.ctx.emit.guest_mac && EthernetAddress(mac).is_unicast() {
             if self.guest_mac_known {
                 tracing::debug!(mac = %EthernetAddress(mac), "guest MAC changed");
@@ -387,7 +458,8 @@ impl Router {
             self.learn_mac(src_mac);
         }
         let cfg = &self.ctx.cfg;
-        let ours = target_protocol_addr == cfg.gateway || target_protocol_addr == cfg.dns;
+        let ours = target_protocol_addr == cfg.gateway
+            || (target_protocol_addr == cfg.dns && !cfg.internal);
         if operation != ArpOperation::Request
             || !ours
             || source_protocol_addr == target_protocol_addr
@@ -699,7 +771,18 @@ impl Router {
     /// address the guest leased by DHCP, else network + 100.
     pub fn default_guest(&self) -> fwd::DefaultGuest {
         let mut v4 = self.ctx.cfg.guest;
-        if !self.ctx.cfg.configured {
+        if self.shared {
+            // A network: its only DHCP guest, if it has exactly one.
+            let mut bound = self.leases().into_iter().filter(|l| {
+                matches!(
+                    l.state,
+                    usernet_dhcp::LeaseState::Bound | usernet_dhcp::LeaseState::Reserved
+                )
+            });
+            if let (Some(only), None) = (bound.next(), bound.next()) {
+                v4 = only.addr;
+            }
+        } else if !self.ctx.cfg.configured {
             let mac = self.ctx.emit.guest_mac;
             if let Some(a) = self.dhcp.as_ref().and_then(|s| s.lease_for_mac(mac)) {
                 v4 = a;
@@ -759,19 +842,31 @@ impl Router {
                 self.sync_dns_timer();
             }
             Owner::FwdTcp(id) => {
-                let (guest, gw) = (self.default_guest(), self.gateways());
+                let gw = self.gateways();
+                let guest = self.guest_for_rule(id as u32);
                 let mut acc = std::mem::take(&mut self.accepted);
-                self.fwd.accept(id as u32, guest, gw, &mut acc);
-                for (stream, guest, seen) in acc.drain(..) {
+                self.fwd.accept(
+                    id as u32,
+                    guest.unwrap_or_else(|| self.default_guest()),
+                    gw,
+                    &mut acc,
+                );
+                for (stream, target, seen) in acc.drain(..) {
+                    if guest.is_none() {
+                        // Named by a MAC without a lease: close (the client sees EOF).
+                        self.ctx.drop(DropReason::ForwardGuestUnknown);
+                        drop(stream);
+                        continue;
+                    }
                     self.tcp
-                        .open_forward(&mut self.ctx, now, stream, guest, seen);
+                        .open_forward(&mut self.ctx, now, stream, target, seen);
                 }
                 self.accepted = acc;
             }
-            Owner::FwdUdp(id) => {
-                let guest = self.default_guest();
-                self.fwd.udp_readable(&mut self.ctx, now, id as u32, guest);
-            }
+            Owner::FwdUdp(id) => match self.guest_for_rule(id as u32) {
+                Some(guest) => self.fwd.udp_readable(&mut self.ctx, now, id as u32, guest),
+                None => self.ctx.drop(DropReason::ForwardGuestUnknown),
+            },
         }
     }
 
@@ -784,8 +879,11 @@ impl Router {
     pub fn tx_drained(&mut self, now: Instant) {
         self.tcp.resume_blocked(&mut self.ctx, now, &self.dns);
         self.udp.resume_blocked(&mut self.ctx, now);
-        let guest = self.default_guest();
-        self.fwd.resume_blocked(&mut self.ctx, now, guest);
+        for id in self.fwd.take_blocked() {
+            if let Some(guest) = self.guest_for_rule(id) {
+                self.fwd.udp_readable(&mut self.ctx, now, id, guest);
+            }
+        }
     }
 
     /// Whether a flow or reader waits for room in the frame queue.

@@ -1,0 +1,556 @@
+//! Networks of guests: VirtualBox's NAT Network, internal and host-only modes.
+//!
+//! # Theory of operation
+//! A network is a learning Ethernet switch ([`switch`]) whose ports are guests (TAP
+//! devices handed over by `usernet attach` and `usernet run --network`, QEMU stream
+//! connections) and, in the modes that have one, the [`Router`] (gateway, DHCP, DNS,
+//! NAT, forwards), which owns the gateway's MAC as a static entry. [`Fabric`] is the
+//! whole switching logic, sans-IO apart from the router's host sockets: frames enter
+//! with [`Fabric::from_port`], the router's output is moved to the ports' queues by
+//! [`Fabric::drain_router`], and the event loop ([`run`]) writes each port's queue to
+//! its device.
+//!
+//! The router serves every guest of the network at once ([`Router::set_shared`]): its
+//! frames toward guests carry [`UNRESOLVED_MAC`], which the fabric replaces with the
+//! MAC of the guest holding the destination address, from a neighbour table learned
+//! from guests' frames (ARP senders, IPv4 and IPv6 sources) and from DHCP leases. A
+//! destination nobody holds yet costs an ARP request from the gateway and the frame
+//! (counted as `neighbor_unresolved`; TCP retransmits it).
+//!
+//! Every queue is bounded: each port has its own [`TxQueue`] of [`PORT_QUEUE_BYTES`],
+//! and the loop reads at most [`NET_RX_BATCH`] frames per port per turn, round robin,
+//! so a guest that floods cannot starve the others. Frames from the router wait in the
+//! router's own queue while a live port's queue is full (backpressure, as in the
+//! single-guest modes); a port that has not taken a frame for [`PORT_STALL`] (a guest
+//! whose interface is down, a paused VM) gets its frames dropped and counted instead,
+//! so it cannot stall the router for the others.
+//!
+//! The single-guest modes (`usernet PID tap0`, `run`, `vm`) do not use any of this:
+//! their router writes straight to their one port.
+
+pub mod client;
+pub mod run;
+pub mod switch;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::config::GATEWAY_MAC;
+use crate::frames::ETH_HLEN;
+use crate::port::Port;
+use crate::router::{Router, UNRESOLVED_MAC};
+use crate::stats::{DropReason, Stats};
+use crate::txq::TxQueue;
+use switch::{Dest, PortId, Switch};
+
+/// The router's port id.
+pub const ROUTER: PortId = 0;
+/// Most guest ports of one network.
+pub const MAX_PORTS: usize = 256;
+/// Bytes each port's queue may hold (at least [`PORT_QUEUE_MIN_FRAMES`] frames).
+pub const PORT_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Fewest frames a port's queue holds, whatever the MTU.
+pub const PORT_QUEUE_MIN_FRAMES: usize = 64;
+/// Frames read from one port per turn before the next port's turn.
+pub const NET_RX_BATCH: usize = 64;
+/// A port that took no frame for this long while frames waited for it is stalled:
+/// the router's frames toward it are dropped instead of waiting.
+pub const PORT_STALL: Duration = Duration::from_millis(500);
+/// Most addresses in the neighbour table, per family.
+pub const MAX_NEIGHBORS: usize = 4096;
+/// Least time between two ARP requests for one address.
+const ARP_RETRY: Duration = Duration::from_secs(1);
+/// Most addresses with an outstanding ARP request.
+const MAX_ARP_PENDING: usize = 256;
+
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+
+/// What a port is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// A TAP device in a guest's network namespace.
+    Tap,
+    /// A QEMU `-netdev stream` connection.
+    Stream,
+    /// A port of a test or fuzz harness (no device).
+    Virtual,
+}
+
+impl PortKind {
+    /// The name in listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Stream => "stream",
+            PortKind::Virtual => "virtual",
+        }
+    }
+}
+
+/// One guest port: its device, its queue toward the guest, and its counters.
+pub struct GuestPort {
+    /// The device (`None` in harnesses, and while the loop reads from it).
+    pub io: Option<Box<dyn Port>>,
+    /// What it is.
+    pub kind: PortKind,
+    /// A label (`PID:tap0`, the QEMU peer).
+    pub name: String,
+    /// The source MAC of its first frame.
+    pub mac: Option<[u8; 6]>,
+    /// Frames toward the guest.
+    pub q: TxQueue,
+    /// Frames and bytes from the guest.
+    pub rx_frames: u64,
+    /// Bytes from the guest.
+    pub rx_bytes: u64,
+    /// Frames written to the guest.
+    pub tx_frames: u64,
+    /// Bytes written to the guest.
+    pub tx_bytes: u64,
+    /// Frames dropped on their way to or from this port.
+    pub drops: u64,
+    /// The last time the device took a frame, or its queue was empty.
+    pub last_progress: Instant,
+    /// The device has frames to read.
+    pub pending: bool,
+    /// The device can take frames.
+    pub writable: bool,
+}
+
+impl GuestPort {
+    fn stalled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_progress) >= PORT_STALL
+    }
+}
+
+/// The switch, its ports and the router. See the module docs.
+pub struct Fabric {
+    /// The MAC table.
+    pub switch: Switch,
+    /// Guest ports; a port's id is its slab key plus one (0 is the router).
+    pub ports: Slab<GuestPort>,
+    /// The router, when the mode has one.
+    pub router: Option<Router>,
+    /// Network counters (drop reasons).
+    pub stats: Arc<Stats>,
+    neigh4: HashMap<Ipv4Addr, [u8; 6]>,
+    neigh6: HashMap<Ipv6Addr, [u8; 6]>,
+    arp_pending: HashMap<Ipv4Addr, Instant>,
+    /// Ports whose queue holds frames, each once.
+    pub to_write: Vec<PortId>,
+    frame_cap: usize,
+    queue_frames: usize,
+    subnet: (Ipv4Addr, u32),
+    gateway: Ipv4Addr,
+}
+
+fn key(id: PortId) -> Option<usize> {
+    id.checked_sub(1)
+}
+
+impl Fabric {
+    /// A network of `mtu`; `router` serves it (set shared here) when the mode has one.
+    pub fn new(
+        now: Instant,
+        mtu: u32,
+        subnet: (Ipv4Addr, u8),
+        gateway: Ipv4Addr,
+        mut router: Option<Router>,
+        stats: Arc<Stats>,
+    ) -> Fabric {
+        let mut switch = Switch::default();
+        if let Some(r) = router.as_mut() {
+            r.set_shared();
+            switch.add_static(GATEWAY_MAC, ROUTER, now);
+        }
+        let frame_cap = ETH_HLEN + mtu as usize;
+        let mask = if subnet.1 == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(subnet.1))
+        };
+        Fabric {
+            switch,
+            ports: Slab::new(),
+            router,
+            stats,
+            neigh4: HashMap::new(),
+            neigh6: HashMap::new(),
+            arp_pending: HashMap::new(),
+            to_write: Vec::new(),
+            frame_cap,
+            queue_frames: (PORT_QUEUE_BYTES / frame_cap).max(PORT_QUEUE_MIN_FRAMES),
+            subnet: (subnet.0, mask),
+            gateway,
+        }
+    }
+
+    /// Add a port; `None` when the network has [`MAX_PORTS`] already.
+    pub fn add_port(
+        &mut self,
+        now: Instant,
+        io: Option<Box<dyn Port>>,
+        kind: PortKind,
+        name: String,
+    ) -> Option<PortId> {
+        if self.ports.len() >= MAX_PORTS {
+            return None;
+        }
+        let k = self.ports.insert(GuestPort {
+            io,
+            kind,
+            name,
+            mac: None,
+            q: TxQueue::new(self.queue_frames, self.frame_cap),
+            rx_frames: 0,
+            rx_bytes: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
+            drops: 0,
+            last_progress: now,
+            pending: true,
+            writable: true,
+        });
+        Some(k + 1)
+    }
+
+    /// Remove a port (its device is closed when the returned port is dropped).
+    pub fn remove_port(&mut self, id: PortId) -> Option<GuestPort> {
+        let k = key(id)?;
+        let p = self.ports.try_remove(k)?;
+        self.switch.forget_port(id);
+        if let Some(mac) = p.mac {
+            self.neigh4.retain(|_, m| *m != mac);
+            self.neigh6.retain(|_, m| *m != mac);
+        }
+        self.to_write.retain(|&q| q != id);
+        Some(p)
+    }
+
+    /// A guest port.
+    pub fn port(&self, id: PortId) -> Option<&GuestPort> {
+        self.ports.get(key(id)?)
+    }
+
+    /// A guest port, mutably.
+    pub fn port_mut(&mut self, id: PortId) -> Option<&mut GuestPort> {
+        self.ports.get_mut(key(id)?)
+    }
+
+    fn drop_at(&mut self, id: PortId, r: DropReason) {
+        self.stats.record(r);
+        if let Some(p) = self.port_mut(id) {
+            p.drops += 1;
+        }
+    }
+
+    /// One frame from guest port `from`.
+    pub fn from_port(&mut self, now: Instant, from: PortId, frame: &[u8]) {
+        let Some(p) = key(from).and_then(|k| self.ports.get_mut(k)) else {
+            return;
+        };
+        p.rx_frames += 1;
+        p.rx_bytes += frame.len() as u64;
+        if frame.len() < ETH_HLEN {
+            self.drop_at(from, DropReason::FrameBadLength);
+            return;
+        }
+        let mut dst = [0u8; 6];
+        let mut src = [0u8; 6];
+        dst.copy_from_slice(&frame[0..6]);
+        src.copy_from_slice(&frame[6..12]);
+        if src[0] & 1 == 1 || src == [0; 6] {
+            self.drop_at(from, DropReason::SwitchFiltered);
+            return;
+        }
+        if p.mac.is_none() {
+            p.mac = Some(src);
+        }
+        self.switch.learn(now, src, from);
+        self.learn_neighbor(frame, src);
+        match self.switch.lookup(now, dst, from) {
+            Dest::One(ROUTER) => self.to_router(now, frame),
+            Dest::One(to) => self.enqueue(to, frame),
+            Dest::Drop => self.drop_at(from, DropReason::SwitchFiltered),
+            Dest::Flood => {
+                for k in 0..self.ports.capacity() {
+                    if k + 1 != from && self.ports.contains(k) {
+                        self.enqueue(k + 1, frame);
+                    }
+                }
+                // The router hears broadcasts and multicasts (ARP, DHCP, NDP), never
+                // unicast meant for someone else.
+                if dst[0] & 1 == 1 {
+                    self.to_router(now, frame);
+                }
+            }
+        }
+    }
+
+    fn to_router(&mut self, now: Instant, frame: &[u8]) {
+        if let Some(r) = self.router.as_mut() {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.rx_frames.fetch_add(1, Relaxed);
+            self.stats.rx_bytes.fetch_add(frame.len() as u64, Relaxed);
+            r.handle_frame(now, frame);
+        }
+    }
+
+    /// Copy `frame` into port `to`'s queue (counted as a drop when full).
+    fn enqueue(&mut self, to: PortId, frame: &[u8]) {
+        push_to(
+            &mut self.ports,
+            &mut self.to_write,
+            &self.stats,
+            to,
+            frame,
+            None,
+        );
+    }
+
+    fn in_subnet(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.subnet.1 == u32::from(self.subnet.0)
+    }
+
+    /// Learn which MAC holds an address from a guest frame: an ARP sender (when it
+    /// matches the frame's source), an IPv4 or IPv6 source. O(1); a changed entry is
+    /// overwritten, a new one is refused once the table is full.
+    fn learn_neighbor(&mut self, frame: &[u8], src: [u8; 6]) {
+        let et = [frame[12], frame[13]];
+        let v4 =
+            |b: &[u8]| -> Option<Ipv4Addr> { Some(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?)) };
+        let learned4 = if et == ETHERTYPE_ARP && frame.len() >= ETH_HLEN + 28 {
+            (frame[22..28] == src).then(|| v4(&frame[28..32])).flatten()
+        } else if et == ETHERTYPE_IPV4 && frame.len() >= ETH_HLEN + 20 {
+            v4(&frame[26..30])
+        } else {
+            None
+        };
+        if let Some(a) = learned4 {
+            if self.in_subnet(a)
+                && !a.is_unspecified()
+                && a != self.gateway
+                && self.neigh4.get(&a) != Some(&src)
+                && (self.neigh4.len() < MAX_NEIGHBORS || self.neigh4.contains_key(&a))
+            {
+                self.neigh4.insert(a, src);
+            }
+            return;
+        }
+        if et == ETHERTYPE_IPV6 && frame.len() >= ETH_HLEN + 40 {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&frame[22..38]);
+            let a = Ipv6Addr::from(b);
+            if !a.is_unspecified()
+                && !a.is_multicast()
+                && self.neigh6.get(&a) != Some(&src)
+                && (self.neigh6.len() < MAX_NEIGHBORS || self.neigh6.contains_key(&a))
+            {
+                self.neigh6.insert(a, src);
+            }
+        }
+    }
+
+    /// The MAC holding `dst`'s destination address, from the neighbour table or a
+    /// DHCP lease.
+    fn resolve(&self, head: &[u8]) -> Resolved {
+        let et = [head[12], head[13]];
+        if et == ETHERTYPE_IPV4 && head.len() >= ETH_HLEN + 20 {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&head[30..34]);
+            let a = Ipv4Addr::from(b);
+            if let Some(m) = self.neigh4.get(&a) {
+                return Resolved::Mac(*m);
+            }
+            if let Some(m) = self.router.as_ref().and_then(|r| r.dhcp_mac_for(a)) {
+                return Resolved::Mac(m);
+            }
+            return Resolved::Ask(a);
+        }
+        if et == ETHERTYPE_IPV6 && head.len() >= ETH_HLEN + 40 {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&head[38..54]);
+            if let Some(m) = self.neigh6.get(&Ipv6Addr::from(b)) {
+                return Resolved::Mac(*m);
+            }
+        }
+        Resolved::Unknown
+    }
+
+    /// Broadcast an ARP request from the gateway for `target` (at most once per
+    /// [`ARP_RETRY`] per address).
+    fn ask_arp(&mut self, now: Instant, target: Ipv4Addr) {
+        if let Some(t) = self.arp_pending.get(&target)
+            && now.saturating_duration_since(*t) < ARP_RETRY
+        {
+            return;
+        }
+        if self.arp_pending.len() >= MAX_ARP_PENDING {
+            self.arp_pending
+                .retain(|_, t| now.saturating_duration_since(*t) < ARP_RETRY);
+            if self.arp_pending.len() >= MAX_ARP_PENDING {
+                return;
+            }
+        }
+        self.arp_pending.insert(target, now);
+        let mut f = [0u8; ETH_HLEN + 28];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&GATEWAY_MAC);
+        f[12..14].copy_from_slice(&ETHERTYPE_ARP);
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f[22..28].copy_from_slice(&GATEWAY_MAC);
+        f[28..32].copy_from_slice(&self.gateway.octets());
+        f[38..42].copy_from_slice(&target.octets());
+        for k in 0..self.ports.capacity() {
+            if self.ports.contains(k) {
+                self.enqueue(k + 1, &f);
+            }
+        }
+    }
+
+    /// Move the router's frames to the ports' queues. Stops (leaving the rest in the
+    /// router's queue, which backpressures its flows) when a live port's queue is full.
+    pub fn drain_router(&mut self, now: Instant) {
+        let mut head = [0u8; ETH_HLEN + 40];
+        loop {
+            let Some(r) = self.router.as_mut() else {
+                return;
+            };
+            let n = match r.txq().front() {
+                Some(f) => {
+                    let n = f.len().min(head.len());
+                    head[..n].copy_from_slice(&f[..n]);
+                    n
+                }
+                None => return,
+            };
+            if n < ETH_HLEN {
+                r.txq().pop_front();
+                continue;
+            }
+            let mut dst = [0u8; 6];
+            dst.copy_from_slice(&head[0..6]);
+            let mut rewrite = None;
+            if dst == UNRESOLVED_MAC {
+                match self.resolve(&head[..n]) {
+                    Resolved::Mac(m) => {
+                        dst = m;
+                        rewrite = Some(m);
+                    }
+                    Resolved::Ask(a) => {
+                        self.ask_arp(now, a);
+                        self.stats.record(DropReason::NeighborUnresolved);
+                        self.pop_router();
+                        continue;
+                    }
+                    Resolved::Unknown => {
+                        self.stats.record(DropReason::NeighborUnresolved);
+                        self.pop_router();
+                        continue;
+                    }
+                }
+            }
+            match self.switch.lookup(now, dst, ROUTER) {
+                Dest::One(to) => {
+                    let Some(p) = key(to).and_then(|k| self.ports.get(k)) else {
+                        self.pop_router();
+                        continue;
+                    };
+                    if !p.q.has_room() && !p.stalled(now) {
+                        return;
+                    }
+                    let Fabric {
+                        router,
+                        ports,
+                        to_write,
+                        stats,
+                        ..
+                    } = self;
+                    if let Some(f) = router.as_mut().and_then(|r| r.txq().front()) {
+                        push_to(ports, to_write, stats, to, f, rewrite);
+                    }
+                }
+                Dest::Flood => {
+                    let Fabric {
+                        router,
+                        ports,
+                        to_write,
+                        stats,
+                        ..
+                    } = self;
+                    if let Some(f) = router.as_mut().and_then(|r| r.txq().front()) {
+                        for k in 0..ports.capacity() {
+                            if ports.contains(k) {
+                                push_to(ports, to_write, stats, k + 1, f, rewrite);
+                            }
+                        }
+                    }
+                }
+                Dest::Drop => {}
+            }
+            use std::sync::atomic::Ordering::Relaxed;
+            self.stats.tx_frames.fetch_add(1, Relaxed);
+            self.stats.tx_bytes.fetch_add(n as u64, Relaxed);
+            self.pop_router();
+        }
+    }
+
+    fn pop_router(&mut self) {
+        if let Some(r) = self.router.as_mut() {
+            r.txq().pop_front();
+        }
+    }
+
+    /// Addresses in the neighbour table (both families).
+    pub fn neighbors(&self) -> usize {
+        self.neigh4.len() + self.neigh6.len()
+    }
+}
+
+/// Copy `frame` (with its destination MAC replaced by `dst`, when given) into port
+/// `to`'s queue; a full queue drops it and counts the drop.
+fn push_to(
+    ports: &mut Slab<GuestPort>,
+    to_write: &mut Vec<PortId>,
+    stats: &Stats,
+    to: PortId,
+    frame: &[u8],
+    dst: Option<[u8; 6]>,
+) -> bool {
+    let Some(p) = key(to).and_then(|k| ports.get_mut(k)) else {
+        return false;
+    };
+    let was_empty = p.q.is_empty();
+    let ok =
+        p.q.push(frame.len(), |b| {
+            b.copy_from_slice(frame);
+            if let Some(d) = dst {
+                b[0..6].copy_from_slice(&d);
+            }
+        })
+        .is_some();
+    if !ok {
+        stats.record(DropReason::SwitchQueueFull);
+        p.drops += 1;
+        return false;
+    }
+    if was_empty {
+        to_write.push(to);
+    }
+    true
+}
+
+enum Resolved {
+    Mac([u8; 6]),
+    Ask(Ipv4Addr),
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests;

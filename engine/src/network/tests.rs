@@ -1,0 +1,420 @@
+//! The fabric driven with real frames: learning, flooding, the router as a port,
+//! per-network DHCP, neighbour resolution and bounded queues.
+
+use super::*;
+use crate::config::Config;
+use crate::router::dns::Upstreams;
+
+const MAC_A: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0b];
+const MAC_C: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0c];
+const BCAST: [u8; 6] = [0xff; 6];
+
+fn cfg() -> Config {
+    let mut cfg = Config {
+        outbound: false,
+        verify_checksums: false,
+        ..Config::default()
+    };
+    cfg.dns_options.upstreams = Upstreams::Fixed(Vec::new());
+    cfg
+}
+
+fn fabric_with(cfg: Config, router: bool) -> (Fabric, mio::Poll) {
+    let poll = mio::Poll::new().unwrap();
+    let reg = poll.registry().try_clone().unwrap();
+    let stats = Arc::new(Stats::default());
+    let now = Instant::now();
+    let r = router.then(|| Router::new(cfg.clone(), stats.clone(), reg, None, now).unwrap());
+    let f = Fabric::new(
+        now,
+        cfg.mtu,
+        (cfg.network, cfg.prefix_len),
+        cfg.gateway,
+        r,
+        stats,
+    );
+    (f, poll)
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], et: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&et.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0, 1, 8, 0, 6, 4];
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa);
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&tpa);
+    eth(BCAST, sha, 0x0806, &p)
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = !smoltcp::wire::checksum::data(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(l4);
+    h
+}
+
+fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+/// A DHCP DISCOVER (`mt` 1) or REQUEST (`mt` 3, for `req`) from `mac`.
+fn dhcp(mac: [u8; 6], mt: u8, req: Option<[u8; 4]>) -> Vec<u8> {
+    let mut b = vec![0u8; 240];
+    b[0] = 1;
+    b[1] = 1;
+    b[2] = 6;
+    b[4..8].copy_from_slice(&[1, 2, 3, mac[5]]);
+    b[28..34].copy_from_slice(&mac);
+    b[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    b.extend_from_slice(&[53, 1, mt]);
+    if let Some(a) = req {
+        b.extend_from_slice(&[50, 4]);
+        b.extend_from_slice(&a);
+        b.extend_from_slice(&[54, 4, 10, 0, 2, 2]);
+    }
+    b.push(255);
+    let ip = ipv4([0; 4], [255; 4], 17, &udp(68, 67, &b));
+    eth(BCAST, mac, 0x0800, &ip)
+}
+
+fn icmp_echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let mut e = vec![8, 0, 0, 0, 0, 1, 0, 1, b'h', b'i'];
+    let c = !smoltcp::wire::checksum::data(&e);
+    e[2..4].copy_from_slice(&c.to_be_bytes());
+    eth(dst_mac, src_mac, 0x0800, &ipv4(src, dst, 1, &e))
+}
+
+/// Move the router's output to the queues and take every port's queue.
+fn settle(f: &mut Fabric, now: Instant) -> HashMap<PortId, Vec<Vec<u8>>> {
+    if let Some(r) = f.router.as_mut() {
+        r.process(now);
+    }
+    f.drain_router(now);
+    let mut out: HashMap<PortId, Vec<Vec<u8>>> = HashMap::new();
+    for (k, p) in f.ports.iter_mut() {
+        while let Some(fr) = p.q.front() {
+            out.entry(k + 1).or_default().push(fr.to_vec());
+            p.q.pop_front();
+        }
+    }
+    f.to_write.clear();
+    out
+}
+
+fn three_ports(f: &mut Fabric, now: Instant) -> [PortId; 3] {
+    [1, 2, 3].map(|i| {
+        f.add_port(now, None, PortKind::Virtual, format!("p{i}"))
+            .unwrap()
+    })
+}
+
+fn yiaddr(frame: &[u8]) -> [u8; 4] {
+    frame[14 + 20 + 8 + 16..14 + 20 + 8 + 20]
+        .try_into()
+        .unwrap()
+}
+
+#[test]
+fn broadcast_floods_to_every_other_port_and_the_router() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    // A asks who has 10.0.2.2: B and C hear it, the router answers A alone.
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    let out = settle(&mut f, now);
+    assert_eq!(out[&b].len(), 1);
+    assert_eq!(out[&c].len(), 1);
+    let to_a = &out[&a];
+    assert_eq!(to_a.len(), 1, "only the router's reply goes back to A");
+    assert_eq!(&to_a[0][0..6], &MAC_A);
+    assert_eq!(&to_a[0][6..12], &GATEWAY_MAC);
+    assert_eq!(&to_a[0][20..22], &[0, 2]);
+}
+
+#[test]
+fn learned_unicast_goes_to_one_port_and_unknown_unicast_floods() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    // Nobody knows B yet: flooded to B and C (never back to A, never to the router).
+    let ping = icmp_echo(MAC_A, MAC_B, [10, 0, 2, 15], [10, 0, 2, 16]);
+    f.from_port(now, a, &ping);
+    let out = settle(&mut f, now);
+    assert_eq!(out.get(&b).map(Vec::len), Some(1));
+    assert_eq!(out.get(&c).map(Vec::len), Some(1));
+    assert!(!out.contains_key(&a));
+    // B speaks: learned. Now A's frame goes to B alone.
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(MAC_B, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
+    );
+    let out = settle(&mut f, now);
+    assert_eq!(
+        out.get(&a).map(Vec::len),
+        Some(1),
+        "A was learned from its first frame"
+    );
+    assert!(!out.contains_key(&c));
+    f.from_port(now, a, &ping);
+    let out = settle(&mut f, now);
+    assert_eq!(out.get(&b).map(Vec::len), Some(1));
+    assert!(!out.contains_key(&c));
+    assert_eq!(f.port(a).unwrap().mac, Some(MAC_A));
+}
+
+#[test]
+fn a_frame_to_its_own_port_and_group_sources_are_dropped() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), false);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, MAC_B, [10, 0, 2, 15], [10, 0, 2, 16]),
+    );
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_C, MAC_B, [10, 0, 2, 17], [10, 0, 2, 16]),
+    );
+    let _ = settle(&mut f, now);
+    // C's MAC lives on port A now; a frame to C from A is reflected nowhere.
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, MAC_C, [10, 0, 2, 15], [10, 0, 2, 17]),
+    );
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(BCAST, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
+    );
+    f.from_port(now, b, &[0u8; 5]);
+    let out = settle(&mut f, now);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(f.stats.drops(DropReason::SwitchFiltered), 2);
+    assert_eq!(f.stats.drops(DropReason::FrameBadLength), 1);
+    assert_eq!(f.port(b).unwrap().drops, 2);
+}
+
+#[test]
+fn each_guest_gets_its_own_lease_and_replies_reach_only_it() {
+    let now = Instant::now();
+    let mut c = cfg();
+    if let Some(d) = c.dhcp.as_mut() {
+        d.reservations = vec![(MAC_C, std::net::Ipv4Addr::new(10, 0, 2, 40))];
+    }
+    let (mut f, _p) = fabric_with(c, true);
+    let ports = three_ports(&mut f, now);
+    let mut got = Vec::new();
+    for (port, mac) in ports.into_iter().zip([MAC_A, MAC_B, MAC_C]) {
+        f.from_port(now, port, &dhcp(mac, 1, None));
+        let out = settle(&mut f, now);
+        // The offer goes to the asker only (the other guests heard the broadcast).
+        let offer = &out[&port]
+            .iter()
+            .find(|fr| fr[6..12] == GATEWAY_MAC)
+            .unwrap();
+        let addr = yiaddr(offer);
+        for (&other, frames) in &out {
+            if other != port {
+                assert!(frames.iter().all(|fr| fr[6..12] != GATEWAY_MAC));
+            }
+        }
+        f.from_port(now, port, &dhcp(mac, 3, Some(addr)));
+        let out = settle(&mut f, now);
+        let ack = out[&port]
+            .iter()
+            .find(|fr| fr[6..12] == GATEWAY_MAC)
+            .unwrap();
+        assert_eq!(yiaddr(ack), addr);
+        got.push(addr);
+    }
+    assert_eq!(got, [[10, 0, 2, 15], [10, 0, 2, 16], [10, 0, 2, 40]]);
+    let leases = f.router.as_ref().unwrap().leases();
+    assert_eq!(leases.len(), 3);
+}
+
+#[test]
+fn router_frames_find_their_guest_by_address() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    // B and C ping the gateway: each reply goes to its own port, with its own MAC.
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(MAC_B, GATEWAY_MAC, [10, 0, 2, 16], [10, 0, 2, 2]),
+    );
+    f.from_port(
+        now,
+        c,
+        &icmp_echo(MAC_C, GATEWAY_MAC, [10, 0, 2, 17], [10, 0, 2, 2]),
+    );
+    let out = settle(&mut f, now);
+    assert!(!out.contains_key(&a));
+    assert_eq!(&out[&b][0][0..6], &MAC_B);
+    assert_eq!(&out[&c][0][0..6], &MAC_C);
+    assert_eq!(out[&b][0][14 + 20], 0, "echo reply");
+}
+
+#[test]
+fn an_unknown_destination_costs_an_arp_request() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    // The router sends toward 10.0.2.99, which nobody has claimed.
+    {
+        let r = f.router.as_mut().unwrap();
+        let ctx = &mut r.ctx;
+        assert!(ctx.emit.icmp(
+            &mut ctx.txq,
+            [10, 0, 2, 2].into(),
+            [10, 0, 2, 99].into(),
+            [0, 0, 0, 0, 0, 1, 0, 1],
+            b"x"
+        ));
+    }
+    let out = settle(&mut f, now);
+    for p in [a, b] {
+        let frames = &out[&p];
+        assert_eq!(frames.len(), 1);
+        assert_eq!(&frames[0][12..14], &[0x08, 0x06]);
+        assert_eq!(
+            &frames[0][38..42],
+            &[10, 0, 2, 99],
+            "ARP request for the address"
+        );
+    }
+    assert_eq!(f.stats.drops(DropReason::NeighborUnresolved), 1);
+}
+
+#[test]
+fn a_full_live_queue_holds_the_router_back_and_a_stalled_one_drops() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, _b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    let cap = f.port(a).unwrap().q.room();
+    // Fill the router's queue with more echo replies than A's queue holds.
+    for _ in 0..cap + 10 {
+        f.from_port(
+            now,
+            a,
+            &icmp_echo(MAC_A, GATEWAY_MAC, [10, 0, 2, 15], [10, 0, 2, 2]),
+        );
+    }
+    f.drain_router(now);
+    assert_eq!(f.port(a).unwrap().q.room(), 0);
+    let left = f.router.as_mut().unwrap().txq().len();
+    assert!(left > 0, "the rest waits in the router's queue");
+    assert_eq!(f.stats.drops(DropReason::SwitchQueueFull), 0);
+    // A took nothing for longer than PORT_STALL: its frames are dropped, counted.
+    let later = now + PORT_STALL + Duration::from_millis(1);
+    f.drain_router(later);
+    assert!(f.router.as_mut().unwrap().txq().is_empty());
+    assert_eq!(f.stats.drops(DropReason::SwitchQueueFull), left as u64);
+}
+
+#[test]
+fn guest_to_guest_floods_are_bounded_per_port() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), false);
+    let [a, b, _c] = three_ports(&mut f, now);
+    let room = f.port(b).unwrap().q.room();
+    let bc = icmp_echo(MAC_A, BCAST, [10, 0, 2, 15], [10, 0, 2, 255]);
+    for _ in 0..room * 3 {
+        f.from_port(now, a, &bc);
+    }
+    assert_eq!(f.port(b).unwrap().q.len(), room);
+    assert!(f.port(b).unwrap().drops >= room as u64);
+    // The sender's own queue is untouched.
+    assert!(f.port(a).unwrap().q.is_empty());
+}
+
+#[test]
+fn removing_a_port_forgets_its_macs_and_addresses() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    assert_eq!(f.switch.port_of(now, MAC_A), Some(a));
+    assert_eq!(f.neighbors(), 1);
+    assert!(f.remove_port(a).is_some());
+    assert_eq!(f.switch.port_of(now, MAC_A), None);
+    assert_eq!(f.neighbors(), 0);
+    // Frames to the departed MAC flood to who is left.
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(MAC_B, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
+    );
+    let out = settle(&mut f, now);
+    assert_eq!(out.keys().copied().collect::<Vec<_>>(), [_c], "flooded to C only, never back to B");
+}
+
+#[test]
+fn an_internal_network_router_serves_dhcp_only() {
+    let now = Instant::now();
+    let mut c = cfg();
+    c.internal = true;
+    c.enable_dns = false;
+    if let Some(d) = c.dhcp.as_mut() {
+        d.advertise_router = false;
+    }
+    let (mut f, _p) = fabric_with(c, true);
+    let [a, _b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &dhcp(MAC_A, 1, None));
+    let out = settle(&mut f, now);
+    assert!(out[&a].iter().any(|fr| fr[6..12] == GATEWAY_MAC));
+    // A ping to the gateway is not answered.
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, GATEWAY_MAC, [10, 0, 2, 15], [10, 0, 2, 2]),
+    );
+    let out = settle(&mut f, now);
+    assert!(out.is_empty());
+    assert_eq!(f.stats.drops(DropReason::InternalNetwork), 1);
+}
+
+#[test]
+fn the_port_table_is_bounded() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), false);
+    for i in 0..MAX_PORTS {
+        assert!(
+            f.add_port(now, None, PortKind::Virtual, format!("{i}"))
+                .is_some()
+        );
+    }
+    assert!(
+        f.add_port(now, None, PortKind::Virtual, "one too many".into())
+            .is_none()
+    );
+}
