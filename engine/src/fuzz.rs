@@ -71,6 +71,111 @@ pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
     router.run_timers(now + Duration::from_secs(3600));
 }
 
+/// Guest ports in [`network_pipeline`].
+const NET_FUZZ_PORTS: usize = 4;
+
+/// The `network` fuzz target: frames from several guest ports through a network's
+/// switch and its router (outbound off, as in [`frame_pipeline`]), with a fake clock.
+///
+/// Input: records `[port][len: u16 BE][frame]`. `port % 8` below 4 is a guest port;
+/// 4 advances the clock by a second and runs every timer; 5 removes that record's
+/// port (`len % 4`) and attaches a fresh one; 6 advances the clock past the stall
+/// time without writing, so the router's frames meet full queues.
+pub fn network_pipeline(data: &[u8]) {
+    run_network(data, |_, _| {});
+}
+
+/// [`network_pipeline`], handing every frame a port's queue receives to `seen`.
+pub fn run_network(data: &[u8], mut seen: impl FnMut(usize, &[u8])) {
+    use crate::network::{Fabric, PortKind};
+    let Ok(poll) = mio::Poll::new() else { return };
+    let Ok(registry) = poll.registry().try_clone() else {
+        return;
+    };
+    let mut cfg = Config {
+        outbound: false,
+        verify_checksums: false,
+        ..Config::default()
+    };
+    cfg.dns_options.upstreams = Upstreams::Fixed(Vec::new());
+    cfg.limits.max_reassembly = 8;
+    let stats = Arc::new(Stats::default());
+    let start = Instant::now();
+    let Ok(router) = Router::new(cfg.clone(), stats.clone(), registry, None, start) else {
+        return;
+    };
+    let mut fabric = Fabric::new(
+        start,
+        cfg.mtu,
+        (cfg.network, cfg.prefix_len),
+        cfg.gateway,
+        Some(router),
+        stats,
+    );
+    let mut ids = [0usize; NET_FUZZ_PORTS];
+    for id in ids.iter_mut() {
+        *id = fabric
+            .add_port(start, None, PortKind::Virtual, String::new())
+            .unwrap_or(0);
+    }
+    let cap = 14 + cfg.mtu as usize;
+    let mut now = start;
+    let mut rest = data;
+    let mut records = 0;
+    while rest.len() >= 3 && records < 4096 {
+        let op = usize::from(rest[0] % 8);
+        let len = usize::from(u16::from_be_bytes([rest[1], rest[2]]));
+        rest = &rest[3..];
+        records += 1;
+        match op {
+            0..=3 => {
+                let n = len.min(rest.len());
+                fabric.from_port(now, ids[op], &rest[..n]);
+                rest = &rest[n..];
+            }
+            4 => {
+                now += Duration::from_secs(1);
+                if let Some(r) = fabric.router.as_mut() {
+                    r.run_timers(now);
+                }
+                fabric.switch.expire(now);
+            }
+            5 => {
+                let i = len % NET_FUZZ_PORTS;
+                fabric.remove_port(ids[i]);
+                ids[i] = fabric
+                    .add_port(now, None, PortKind::Virtual, String::new())
+                    .unwrap_or(0);
+            }
+            _ => {
+                now += crate::network::PORT_STALL;
+                if let Some(r) = fabric.router.as_mut() {
+                    r.process(now);
+                }
+                fabric.drain_router(now);
+                continue;
+            }
+        }
+        if let Some(r) = fabric.router.as_mut() {
+            r.process(now);
+        }
+        fabric.drain_router(now);
+        assert!(fabric.switch.len() <= crate::network::switch::MAX_MACS);
+        assert!(fabric.neighbors() <= 2 * crate::network::MAX_NEIGHBORS);
+        for (k, p) in fabric.ports.iter_mut() {
+            while let Some(f) = p.q.front() {
+                assert!(f.len() <= cap, "queued frame of {} bytes", f.len());
+                seen(k + 1, f);
+                p.q.pop_front();
+            }
+        }
+        fabric.to_write.clear();
+        if let Some(r) = fabric.router.as_mut() {
+            r.tx_drained(now);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +235,33 @@ mod tests {
         let r = replies("udp");
         assert_eq!(r.len(), 1);
         assert_eq!((r[0][14 + 20], r[0][14 + 21]), (3, 3));
+    }
+
+    #[test]
+    fn network_seeds_reach_their_guests() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/network");
+        // Two guests lease by DHCP and ping each other through the switch.
+        let data = std::fs::read(dir.join("two_guests")).unwrap();
+        let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+        run_network(&data, |p, f| got.push((p, f.to_vec())));
+        let acks = |port| {
+            got.iter()
+                .filter(|(p, f)| {
+                    *p == port && f[6..12] == crate::config::GATEWAY_MAC && f.len() > 300
+                })
+                .count()
+        };
+        assert!(acks(1) >= 2, "port 1 got its offer and ack");
+        assert!(acks(2) >= 2, "port 2 got its offer and ack");
+        // The ping from port 1 to port 2's MAC reached port 2 only.
+        assert!(
+            got.iter()
+                .any(|(p, f)| *p == 2 && f[12..14] == [8, 0] && f[14 + 9] == 1)
+        );
+        assert!(!got.iter().any(|(p, f)| *p == 1
+            && f[12..14] == [8, 0]
+            && f[14 + 9] == 1
+            && f[6..12] != crate::config::GATEWAY_MAC));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("portfwd_rule", usernet_portfwd::fuzz::rule),
     ("api_request", usernet_portfwd::fuzz::api_request),
     ("frame_pipeline", usernet_engine::fuzz::frame_pipeline),
+    ("network", usernet_engine::fuzz::network_pipeline),
     (
         "stream_decoder",
         usernet_engine::fuzz_stream::stream_decoder,

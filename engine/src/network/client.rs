@@ -266,8 +266,17 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
     // anything is created in the namespace.
     let api_path = reach(&base, &cli.name, true)?;
     let (addr, prefix_len) = cli.address.unwrap_or((Ipv4Addr::UNSPECIFIED, 24));
+    // An internal network has no gateway: no default route unless one is asked for.
+    let internal = ask(&api_path, &api::request_plain("list_ports"), None)
+        .ok()
+        .and_then(|v| {
+            v.get("mode")
+                .and_then(Value::as_str)
+                .map(|m| m == "internal")
+        })
+        .unwrap_or(false);
     let gateway = cli.gateway.unwrap_or_else(|| {
-        if addr.is_unspecified() {
+        if addr.is_unspecified() || internal {
             Ipv4Addr::UNSPECIFIED
         } else {
             let mask = if prefix_len == 0 {

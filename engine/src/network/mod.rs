@@ -275,7 +275,7 @@ impl Fabric {
         self.switch.learn(now, src, from);
         self.learn_neighbor(frame, src);
         match self.switch.lookup(now, dst, from) {
-            Dest::One(ROUTER) => self.to_router(now, frame),
+            Dest::One(ROUTER) => self.deliver_to_router(now, frame),
             Dest::One(to) => self.enqueue(to, frame),
             Dest::Drop => self.drop_at(from, DropReason::SwitchFiltered),
             Dest::Flood => {
@@ -287,13 +287,13 @@ impl Fabric {
                 // The router hears broadcasts and multicasts (ARP, DHCP, NDP), never
                 // unicast meant for someone else.
                 if dst[0] & 1 == 1 {
-                    self.to_router(now, frame);
+                    self.deliver_to_router(now, frame);
                 }
             }
         }
     }
 
-    fn to_router(&mut self, now: Instant, frame: &[u8]) {
+    fn deliver_to_router(&mut self, now: Instant, frame: &[u8]) {
         if let Some(r) = self.router.as_mut() {
             use std::sync::atomic::Ordering::Relaxed;
             self.stats.rx_frames.fetch_add(1, Relaxed);
@@ -422,11 +422,11 @@ impl Fabric {
             let Some(r) = self.router.as_mut() else {
                 return;
             };
-            let n = match r.txq().front() {
+            let (n, full) = match r.txq().front() {
                 Some(f) => {
                     let n = f.len().min(head.len());
                     head[..n].copy_from_slice(&f[..n]);
-                    n
+                    (n, f.len())
                 }
                 None => return,
             };
@@ -496,7 +496,7 @@ impl Fabric {
             }
             use std::sync::atomic::Ordering::Relaxed;
             self.stats.tx_frames.fetch_add(1, Relaxed);
-            self.stats.tx_bytes.fetch_add(n as u64, Relaxed);
+            self.stats.tx_bytes.fetch_add(full as u64, Relaxed);
             self.pop_router();
         }
     }

@@ -682,7 +682,15 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
         }
         Command::Query(q, tx) => {
             let v = match q {
-                Query::Ports => serde_json::json!({ "ports": ports_json(fabric) }),
+                Query::Ports => {
+                    let mode = match fabric.router.as_ref().map(|r| r.config()) {
+                        None => Mode::Internal,
+                        Some(c) if c.internal => Mode::Internal,
+                        Some(c) if c.host_only => Mode::HostOnly,
+                        Some(_) => Mode::Nat,
+                    };
+                    serde_json::json!({ "ports": ports_json(fabric), "mode": mode.as_str() })
+                }
                 Query::Leases => serde_json::json!({
                     "leases": fabric.router.as_ref().map(engine::leases_json).unwrap_or_default()
                 }),

@@ -375,7 +375,11 @@ fn removing_a_port_forgets_its_macs_and_addresses() {
         &icmp_echo(MAC_B, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
     );
     let out = settle(&mut f, now);
-    assert_eq!(out.keys().copied().collect::<Vec<_>>(), [_c], "flooded to C only, never back to B");
+    assert_eq!(
+        out.keys().copied().collect::<Vec<_>>(),
+        [_c],
+        "flooded to C only, never back to B"
+    );
 }
 
 #[test]
