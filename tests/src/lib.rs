@@ -1808,6 +1808,13 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "--- usernet network {} output ---\n{}",
+                self.name,
+                self.log()
+            );
+        }
         if self.reaped.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -1935,13 +1942,17 @@ pub fn guest_udhcpc(
         .args(extra);
     let o = run_timeout(&mut c, Duration::from_secs(30));
     let text = std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(
-        o.status.success() && !text.is_empty(),
-        "udhcpc ({tag}) got no lease ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    if !o.status.success() || text.is_empty() {
+        let links = guest.sh("ip -d link show; ip addr show");
+        panic!(
+            "udhcpc ({tag}) got no lease ({}): {}{}\nthe guest's interfaces: {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&links.stdout),
+            String::from_utf8_lossy(&links.stderr)
+        );
+    }
     text.lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))

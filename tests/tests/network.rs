@@ -575,6 +575,11 @@ fn nat_qemu_and_namespace() {
         "the network should print the QEMU arguments naming its stream socket:\n{}",
         net.log()
     );
+    assert!(
+        net.log().contains(&net.api().display().to_string()),
+        "the network should print its API socket's path:\n{}",
+        net.log()
+    );
     let mut vm = Vm::boot(&host, &netdev, http.port());
 
     let g = Guest::new(Owner::Root);
@@ -677,14 +682,6 @@ fn internal_two_guests() {
     assert_ne!(pa, pb, "two attaches, two ports");
     assert_eq!(tap_addrs(&ga), vec!["10.0.2.20/24".to_string()]);
     assert_eq!(tap_addrs(&gb), vec!["10.0.2.21/24".to_string()]);
-    for g in [&ga, &gb] {
-        let routes = g.sh_ok("ip -4 route show");
-        assert!(
-            !routes.contains("default"),
-            "internal mode: no default route expected: {routes}"
-        );
-    }
-
     ping_ok(&ga, "10.0.2.21", &net, "a -> b");
     ping_ok(&gb, "10.0.2.20", &net, "b -> a");
     let sink_b = sha_server(&gb, SHA_PORT);
@@ -732,6 +729,14 @@ fn internal_two_guests() {
         assert!(port_by_id(&ports, id).is_some(), "port {id}: {ports:#?}");
     }
     net.assert_alive("at the end");
+    // attach --configure --address sets a default route only in nat and host-only mode.
+    for g in [&ga, &gb] {
+        let routes = g.sh_ok("ip -4 route show");
+        assert!(
+            !routes.contains("default"),
+            "internal mode: attach --address should set no default route: {routes}"
+        );
+    }
 }
 
 /// `--mode internal --dhcp`: two guests lease distinct addresses (no router handed out),
@@ -961,14 +966,18 @@ fn interface_down_up() {
         );
     }
     ping_ok(&ga, "10.0.2.41", &net, "a -> b after up");
-    let out = net.list_cmd(false);
-    assert!(out.status.success(), "--list: {}", out_text(&out));
     let ports = net.list_array("ports");
-    assert!(
-        port_by_id(&ports, pa).is_some(),
-        "port {pa} after up: {ports:#?}"
-    );
+    let p = port_by_id(&ports, pa).unwrap_or_else(|| panic!("port {pa} after up: {ports:#?}"));
+    let mac_a = norm_mac(&jstr(p, "mac"));
+    assert_eq!(mac_a, tap_mac(&ga), "port {pa}'s MAC is a's tap0: {p}");
     assert_eq!(ports_of_kind(&ports, "tap").len(), 2, "{ports:#?}");
+    let out = net.list_cmd(false);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "--list: {}", out_text(&out));
+    assert!(
+        text.lines().any(|l| l.to_lowercase().contains(&mac_a)),
+        "--list should still show a's port ({mac_a}):\n{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1097,9 +1106,12 @@ fn attach_creates_network() {
         assert!(
             Instant::now() < deadline,
             "the network attach started still runs 10 s after its only guest's namespace was \
-             killed ({} still exists; usernet processes: {:?})",
+             killed ({} still exists; usernet processes: {:?}; list_ports: {})",
             api.display(),
-            usernet_pids_mentioning(&runtime)
+            usernet_pids_mentioning(&runtime),
+            api_call(&api, br#"{"execute":"list_ports"}"#)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|e| e.to_string())
         );
         thread::sleep(Duration::from_millis(100));
     }
