@@ -16,6 +16,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
     ("dns_message", usernet_dns::fuzz::dns_message),
     ("portfwd_rule", usernet_portfwd::fuzz::rule),
     ("api_request", usernet_portfwd::fuzz::api_request),
+    ("filter_rule", usernet_portfwd::fuzz::filter_rule),
     ("frame_pipeline", usernet_engine::fuzz::frame_pipeline),
     ("network", usernet_engine::fuzz::network_pipeline),
     (

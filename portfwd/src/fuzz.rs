@@ -122,6 +122,98 @@ pub fn api_request(data: &[u8]) {
     }
 }
 
+/// Parses a filter rule (UTF-8 input only), checks that an accepted rule's text
+/// parses back to it, and decides flows derived from the bytes against it: the
+/// verdict must come from the rule exactly when it matches, a flow to the rule's own
+/// network must match, and an IPv4-mapped destination must match as its IPv4
+/// address.
+pub fn filter_rule(data: &[u8]) {
+    use crate::filter::{Action, FilterProto, Flow, Matched, decide, parse_filter};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    let parsed = std::str::from_utf8(data).ok().map(|s| (s, parse_filter(s)));
+    let rule = match parsed {
+        Some((_, Ok(rule))) => {
+            let text = rule.to_string();
+            assert_eq!(parse_filter(&text).as_ref(), Ok(&rule), "{text}");
+            Some(rule)
+        }
+        Some((s, Err(e))) => {
+            assert_eq!(e.rule(), s);
+            assert!(e.to_string().starts_with("filter rule "));
+            None
+        }
+        None => None,
+    };
+
+    // Flows from 19-byte windows of the input: protocol, port, address.
+    let mut flows = Vec::new();
+    for chunk in data.chunks(19).take(4).chain([&[][..]]) {
+        let mut b = [0u8; 19];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let proto = match b[0] % 3 {
+            0 => FilterProto::Tcp,
+            1 => FilterProto::Udp,
+            _ => FilterProto::Icmp,
+        };
+        let dst_port = u16::from_be_bytes([b[1], b[2]]);
+        let v4 = Ipv4Addr::new(b[3], b[4], b[5], b[6]);
+        let mut v6 = [0u8; 16];
+        v6.copy_from_slice(&b[3..19]);
+        for dst in [
+            IpAddr::V4(v4),
+            IpAddr::V6(v4.to_ipv6_mapped()),
+            IpAddr::V6(Ipv6Addr::from(v6)),
+        ] {
+            flows.push(Flow {
+                proto,
+                dst,
+                dst_port,
+            });
+        }
+    }
+
+    let Some(rule) = rule else {
+        for flow in &flows {
+            assert_eq!(
+                decide(&[], &[], Action::Deny, flow).matched,
+                Matched::Default
+            );
+        }
+        return;
+    };
+    for flow in &flows {
+        let hit = rule.matches(flow);
+        let canonical = Flow {
+            dst: flow.dst.to_canonical(),
+            ..*flow
+        };
+        assert_eq!(rule.matches(&canonical), hit, "{rule} {flow:?}");
+        let other = match rule.action {
+            Action::Allow => Action::Deny,
+            Action::Deny => Action::Allow,
+        };
+        let one = std::slice::from_ref(&rule);
+        let v = decide(one, one, other, flow);
+        assert_eq!(v.matched == Matched::Guest(0), hit, "{rule} {flow:?}");
+        assert_eq!(v.action == rule.action, hit, "{rule} {flow:?}");
+        let v = decide(&[], one, other, flow);
+        assert_eq!(v.matched == Matched::Network(0), hit, "{rule} {flow:?}");
+
+        // The same flow aimed at the rule's own network, protocol and ports.
+        let own = Flow {
+            proto: if rule.proto == FilterProto::Any {
+                flow.proto
+            } else {
+                rule.proto
+            },
+            dst: if rule.any_addr { flow.dst } else { rule.net },
+            dst_port: rule.ports.map_or(flow.dst_port, |(_, end)| end),
+        };
+        assert!(rule.matches(&own), "{rule} {own:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

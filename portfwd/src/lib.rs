@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod filter;
 pub mod fuzz;
 pub mod rule;
 pub mod table;
@@ -46,5 +47,9 @@ pub mod table;
 pub use serde_json;
 
 pub use api::{ApiError, Reply, Request, RequestReader};
+pub use filter::{
+    Action, FilterError, FilterErrorKind, FilterProto, FilterRule, Flow, MAX_FILTER_RULES, Matched,
+    Verdict, decide, parse_filter,
+};
 pub use rule::{Proto, RuleError, RuleSpec, parse_natpf, parse_publish};
 pub use table::{Rule, Table, TableError};
