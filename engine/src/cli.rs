@@ -91,6 +91,15 @@ pub struct NetArgs {
     /// Forward a host port, VirtualBox style: [NAME],tcp|udp,[HOSTIP],HOSTPORT,[GUESTIP],GUESTPORT (repeatable)
     #[arg(long = "natpf", value_name = "RULE", value_parser = parse_natpf)]
     pub natpf: Vec<usernet_portfwd::RuleSpec>,
+    /// IP filter rule for guests' new flows, first match wins: allow|deny:tcp|udp|icmp|any:CIDR[:PORTS]; on networks GUEST=RULE for one guest (MAC or IPv4) (repeatable)
+    #[arg(long = "filter", value_name = "[GUEST=]RULE", value_parser = parse_filter_arg)]
+    pub filter: Vec<(
+        Option<usernet_portfwd::api::GuestRef>,
+        usernet_portfwd::filter::FilterRule,
+    )>,
+    /// What happens to a new flow no --filter rule matches
+    #[arg(long = "filter-default", value_name = "allow|deny", default_value = "allow", value_parser = parse_action)]
+    pub filter_default: usernet_portfwd::filter::Action,
     /// After setup, confine usernet: a mount namespace whose root is an empty tmpfs, and as root every capability but CAP_NET_BIND_SERVICE dropped
     #[arg(long = "enable-sandbox", visible_alias = "create-sandbox")]
     pub enable_sandbox: bool,
@@ -319,6 +328,34 @@ fn parse_natpf(s: &str) -> Result<usernet_portfwd::RuleSpec, String> {
     usernet_portfwd::parse_natpf(s).map_err(|e| e.to_string())
 }
 
+fn parse_action(s: &str) -> Result<usernet_portfwd::filter::Action, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not a filter policy (expected allow or deny)"))
+}
+
+/// `[GUEST=]RULE` of `--filter`.
+pub fn parse_filter_arg(
+    s: &str,
+) -> Result<
+    (
+        Option<usernet_portfwd::api::GuestRef>,
+        usernet_portfwd::filter::FilterRule,
+    ),
+    String,
+> {
+    let (guest, rule) = match s.split_once('=') {
+        Some((g, r)) => {
+            let g = usernet_portfwd::api::GuestRef::parse(g).ok_or_else(|| {
+                format!("\"{g}\" in --filter {s} is neither a MAC nor an IP address (expected GUEST=RULE)")
+            })?;
+            (Some(g), r)
+        }
+        None => (None, s),
+    };
+    let rule = usernet_portfwd::filter::parse_filter(rule).map_err(|e| e.to_string())?;
+    Ok((guest, rule))
+}
+
 fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
@@ -377,6 +414,16 @@ impl NetArgs {
         v
     }
 
+    /// Refuse what only networks of several guests understand.
+    pub fn single_guest(&self) -> Result<(), CliError> {
+        if let Some((Some(g), _)) = self.filter.iter().find(|(g, _)| g.is_some()) {
+            return Err(CliError(format!(
+                "--filter {g}=...: rules for one guest need a network of several (usernet network NAME); here every rule applies to the one guest, so drop \"{g}=\""
+            )));
+        }
+        Ok(())
+    }
+
     /// The engine configuration these options describe.
     pub fn to_config(&self) -> Result<Config, CliError> {
         let mut cfg = Config::new(self.cidr.network, self.cidr.prefix_len);
@@ -420,6 +467,13 @@ impl NetArgs {
         if self.disable_dhcp {
             cfg.dhcp = None;
         }
+        cfg.filters = self
+            .filter
+            .iter()
+            .filter(|(g, _)| g.is_none())
+            .map(|(_, r)| r.clone())
+            .collect();
+        cfg.filter_default = self.filter_default;
         if let Some(d) = cfg.dhcp.as_mut() {
             d.mtu = Some(self.mtu as u16);
             if !cfg.enable_dns {

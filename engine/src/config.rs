@@ -159,6 +159,10 @@ pub struct Config {
     pub dns_options: crate::router::dns::DnsOptions,
     /// The guest interface was configured by usernet (`--configure`, `usernet run`).
     pub configured: bool,
+    /// IP filter rules for guests' new flows (`--filter`), first match wins.
+    pub filters: Vec<usernet_portfwd::filter::FilterRule>,
+    /// What happens to a flow no rule matches (`--filter-default`).
+    pub filter_default: usernet_portfwd::filter::Action,
     /// The DHCP server's configuration; `None` turns it off.
     pub dhcp: Option<usernet_dhcp::ServerConfig>,
 }
@@ -178,6 +182,8 @@ impl Config {
             outbound: true,
             host_only: false,
             internal: false,
+            filters: Vec::new(),
+            filter_default: usernet_portfwd::filter::Action::Allow,
             enable_dns: true,
             outbound_addr: None,
             outbound_addr6: None,

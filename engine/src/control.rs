@@ -22,7 +22,9 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use usernet_portfwd::api::{self, ApiError, AttachKind, Request, RequestReader};
+use usernet_portfwd::api::{
+    self, ApiError, AttachKind, GuestRef, PolicyChange, Request, RequestReader,
+};
 use usernet_portfwd::serde_json::Value;
 use usernet_portfwd::{Rule, RuleSpec, Table};
 
@@ -30,6 +32,8 @@ use crate::router::fwd::{self, BoundListener};
 
 /// API clients served at once; more are answered with an error and closed.
 pub const MAX_API_CLIENTS: usize = 16;
+/// Descriptors kept from one request (`attach`: the port, and a pidfd to watch).
+pub const MAX_PASSED_FDS: usize = 2;
 /// Time a client has to send its whole request.
 pub const API_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands waiting for the engine.
@@ -62,11 +66,34 @@ pub enum Command {
     Attach {
         /// The TAP device or connected stream socket.
         fd: std::os::fd::OwnedFd,
+        /// A pidfd of the guest's process: the port leaves when it exits (a TAP
+        /// held open keeps its namespace alive, so its end cannot be seen otherwise).
+        watch: Option<std::os::fd::OwnedFd>,
         /// Which of the two it is.
         kind: AttachKind,
         /// A label for listings.
         name: String,
         /// The new port's id, or why not.
+        reply: SyncSender<Result<Value, String>>,
+    },
+    /// Change isolation flags (`set_policy`).
+    SetPolicy {
+        /// The guest, or the whole network.
+        guest: Option<GuestRef>,
+        /// The changes.
+        change: PolicyChange,
+        /// Done, or why not.
+        reply: SyncSender<Result<Value, String>>,
+    },
+    /// Replace filter rules (`set_filters`).
+    SetFilters {
+        /// The guest, or the whole network.
+        guest: Option<GuestRef>,
+        /// The rules.
+        rules: Vec<usernet_portfwd::filter::FilterRule>,
+        /// The new default.
+        default: Option<usernet_portfwd::filter::Action>,
+        /// Done, or why not.
         reply: SyncSender<Result<Value, String>>,
     },
     /// Lease an address without a DHCP exchange (`request_lease`).
@@ -87,6 +114,8 @@ pub enum Query {
     Ports,
     /// The DHCP leases.
     Leases,
+    /// Isolation flags, filter rules and their counters.
+    Policy,
 }
 
 /// The sending side: a bounded channel plus the engine's waker.
@@ -230,9 +259,9 @@ pub fn spawn_api(
 fn serve_client(conn: &mut UnixStream, rules: &Rules, ctl: &Control) {
     let _ = conn.set_read_timeout(Some(API_READ_TIMEOUT));
     let _ = conn.set_write_timeout(Some(API_READ_TIMEOUT));
-    let mut fd = None;
-    let reply = match read_request(conn, &mut fd) {
-        Ok(req) => handle(req, fd, rules, ctl),
+    let mut fds = Vec::new();
+    let reply = match read_request(conn, &mut fds) {
+        Ok(req) => handle(req, fds, rules, ctl),
         Err(e) => {
             tracing::debug!(error = %e.desc(), "bad API request");
             e.reply()
@@ -242,16 +271,16 @@ fn serve_client(conn: &mut UnixStream, rules: &Rules, ctl: &Control) {
     let _ = conn.shutdown(std::net::Shutdown::Both);
 }
 
-/// Read one request; a descriptor passed with it (`SCM_RIGHTS`, for `attach`) is
-/// kept in `fd` (only the first; any others are closed).
+/// Read one request; descriptors passed with it (`SCM_RIGHTS`, for `attach`) are kept
+/// in `fds` (at most [`MAX_PASSED_FDS`]; any others are closed).
 fn read_request(
     conn: &mut UnixStream,
-    fd: &mut Option<std::os::fd::OwnedFd>,
+    fds: &mut Vec<std::os::fd::OwnedFd>,
 ) -> Result<Request, ApiError> {
     let mut reader = RequestReader::new();
     let mut buf = [0u8; 4096];
     loop {
-        match recv_with_fd(conn, &mut buf, fd) {
+        match recv_with_fd(conn, &mut buf, fds) {
             Ok(0) => break,
             Ok(n) => {
                 reader.push(&buf[..n])?;
@@ -271,7 +300,7 @@ fn read_request(
 fn recv_with_fd(
     conn: &mut UnixStream,
     buf: &mut [u8],
-    fd: &mut Option<std::os::fd::OwnedFd>,
+    fds: &mut Vec<std::os::fd::OwnedFd>,
 ) -> io::Result<usize> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     use std::os::fd::{AsRawFd, FromRawFd};
@@ -286,13 +315,13 @@ fn recv_with_fd(
     .map_err(io::Error::from)?;
     let n = msg.bytes;
     for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for raw in fds {
+        if let ControlMessageOwned::ScmRights(raws) = c {
+            for raw in raws {
                 // SAFETY: the kernel just installed `raw` in this process for us
                 // (SCM_RIGHTS); nothing else owns it.
                 let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-                if fd.is_none() {
-                    *fd = Some(owned);
+                if fds.len() < MAX_PASSED_FDS {
+                    fds.push(owned);
                 }
             }
         }
@@ -307,14 +336,17 @@ fn ask<T>(ctl: &Control, make: impl FnOnce(SyncSender<T>) -> Command) -> Option<
     rx.recv_timeout(STATS_TIMEOUT).ok()
 }
 
-fn handle(req: Request, fd: Option<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Control) -> Vec<u8> {
+fn handle(req: Request, fds: Vec<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Control) -> Vec<u8> {
+    let mut fds = fds.into_iter();
+    let fd = fds.next();
+    let watch = fds.next();
     let late = || api::reply_error("the engine did not answer in time");
     match req {
-        Request::ListPorts | Request::ListLeases => {
-            let q = if req == Request::ListPorts {
-                Query::Ports
-            } else {
-                Query::Leases
+        Request::ListPorts | Request::ListLeases | Request::ListPolicy => {
+            let q = match req {
+                Request::ListPorts => Query::Ports,
+                Request::ListLeases => Query::Leases,
+                _ => Query::Policy,
             };
             match ask(ctl, |tx| Command::Query(q, tx)) {
                 Some(v) => api::reply_stats(&v),
@@ -329,12 +361,40 @@ fn handle(req: Request, fd: Option<std::os::fd::OwnedFd>, rules: &Rules, ctl: &C
             };
             match ask(ctl, |reply| Command::Attach {
                 fd,
+                watch,
                 kind,
                 name,
                 reply,
             }) {
                 Some(Ok(v)) => api::reply_stats(&v),
                 Some(Err(e)) => api::reply_error(&format!("attach: {e}")),
+                None => late(),
+            }
+        }
+        Request::SetPolicy { guest, change } => {
+            match ask(ctl, |reply| Command::SetPolicy {
+                guest,
+                change,
+                reply,
+            }) {
+                Some(Ok(v)) => api::reply_stats(&v),
+                Some(Err(e)) => api::reply_error(&format!("set_policy: {e}")),
+                None => late(),
+            }
+        }
+        Request::SetFilters {
+            guest,
+            rules,
+            default,
+        } => {
+            match ask(ctl, |reply| Command::SetFilters {
+                guest,
+                rules,
+                default,
+                reply,
+            }) {
+                Some(Ok(v)) => api::reply_stats(&v),
+                Some(Err(e)) => api::reply_error(&format!("set_filters: {e}")),
                 None => late(),
             }
         }
@@ -377,21 +437,21 @@ fn handle(req: Request, fd: Option<std::os::fd::OwnedFd>, rules: &Rules, ctl: &C
 
 /// The client side of the API: send one request, read the whole reply.
 pub fn call(path: &Path, request: &[u8]) -> io::Result<Vec<u8>> {
-    call_with_fd(path, request, None)
+    call_with_fd(path, request, &[])
 }
 
-/// [`call`], passing `fd` with the request (`SCM_RIGHTS`), as `attach` needs.
+/// [`call`], passing `fds` with the request (`SCM_RIGHTS`), as `attach` needs.
 pub fn call_with_fd(
     path: &Path,
     request: &[u8],
-    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> io::Result<Vec<u8>> {
     let mut s = UnixStream::connect(path)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
         use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
         use std::os::fd::AsRawFd;
-        let raw = [fd.as_raw_fd()];
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let iov = [io::IoSlice::new(request)];
         let n = sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)

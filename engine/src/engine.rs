@@ -308,6 +308,9 @@ fn apply(router: &mut Router, stats: &Stats, c: Command) {
                 crate::control::Query::Leases => {
                     serde_json::json!({ "leases": leases_json(router) })
                 }
+                crate::control::Query::Policy => {
+                    serde_json::json!({ "filters": router.ctx.policy.to_json() })
+                }
                 crate::control::Query::Ports => {
                     use std::sync::atomic::Ordering::Relaxed;
                     serde_json::json!({ "ports": [{
@@ -321,6 +324,20 @@ fn apply(router: &mut Router, stats: &Stats, c: Command) {
                 }
             };
             let _ = tx.try_send(v);
+        }
+        Command::SetFilters {
+            guest: None,
+            rules,
+            default,
+            reply,
+        } => {
+            router.ctx.policy.set_network(rules, default);
+            let _ = reply.try_send(Ok(router.ctx.policy.to_json()));
+        }
+        Command::SetFilters { reply, .. } | Command::SetPolicy { reply, .. } => {
+            let _ = reply.try_send(Err(
+                "per-guest settings and isolation work on networks (usernet network NAME)".into(),
+            ));
         }
         Command::Attach { reply, .. } => {
             let _ = reply.try_send(Err(

@@ -31,6 +31,7 @@ pub mod nat;
 pub mod network;
 pub mod ns;
 pub mod pcap;
+pub mod policy;
 pub mod port;
 pub mod port_dgram;
 pub mod port_stream;

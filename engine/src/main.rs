@@ -50,6 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
+    cli.net.single_guest()?;
     let cfg = cli.net.to_config()?;
     if cli.target_type != "netns" {
         anyhow::bail!(
@@ -114,6 +115,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     if cli.network.is_some() {
         return cmd_run_network(cli);
     }
+    cli.net.single_guest()?;
     let cfg = cli.net.to_config()?;
     init_logging(&cli.net, true)?;
     let resolv = if cfg.enable_dns {
@@ -205,9 +207,11 @@ fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
     };
     let mut child = ns::spawn_run_child(&cli.command, &cli.tap_name, &ifc, resolv.as_deref())?;
     write_pid_file(&cli.net)?;
+    let watch = child.pidfd().ok();
     client::attach_fd(
         &api_path,
         &child.tap.fd,
+        watch.as_ref(),
         usernet_portfwd::api::AttachKind::Tap,
         &format!("run-{}:{}", child.pid, cli.tap_name),
     )?;

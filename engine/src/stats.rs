@@ -114,6 +114,14 @@ drop_reasons! {
     /// A frame from the router toward a guest address no guest has claimed yet (an
     /// ARP request for it was sent).
     NeighborUnresolved => "neighbor_unresolved",
+    /// A new flow the flow policy refused (restricted guest, host blocked, filter
+    /// rule): TCP gets RST, UDP ICMP administratively prohibited.
+    FlowDenied => "flow_denied",
+    /// A frame between two guests of a network where one is isolated.
+    GuestIsolated => "guest_isolated",
+    /// A frame whose source MAC, address, ARP or NDP claim the port does not own, or
+    /// a DHCP server message or router advertisement from a guest.
+    Spoofed => "spoofed",
 }
 
 /// Flow counters per protocol.

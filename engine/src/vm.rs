@@ -69,7 +69,13 @@ fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
     let api_path = client::reach(&base, name, true)?;
     if let Some(n) = cli.fd {
         let fd = engine::owned_fd(n).map_err(|e| anyhow::anyhow!("--fd: {e}"))?;
-        let port = client::attach_fd(&api_path, &fd, AttachKind::Stream, &format!("vm-fd-{n}"))?;
+        let port = client::attach_fd(
+            &api_path,
+            &fd,
+            None,
+            AttachKind::Stream,
+            &format!("vm-fd-{n}"),
+        )?;
         eprintln!("usernet: the VM on fd {n} joined network {name} as port {port}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -98,7 +104,13 @@ fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
             }
         };
         let fd = std::os::fd::OwnedFd::from(conn);
-        match client::attach_fd(&api_path, &fd, AttachKind::Stream, &format!("vm-{}", i + 1)) {
+        match client::attach_fd(
+            &api_path,
+            &fd,
+            None,
+            AttachKind::Stream,
+            &format!("vm-{}", i + 1),
+        ) {
             Ok(port) => eprintln!("usernet: a VM joined network {name} as port {port}"),
             Err(e) => eprintln!("usernet: {e}"),
         }
@@ -127,6 +139,7 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
         init_logging(&cli.net, false)?;
         return vm_on_network(&cli, &name);
     }
+    cli.net.single_guest()?;
     let cfg = cli.net.to_config()?;
     init_logging(&cli.net, false)?;
     let exit_fd = cli

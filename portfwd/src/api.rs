@@ -180,6 +180,26 @@ pub enum Request {
         /// A label shown in listings (at most 64 bytes, no control characters).
         name: String,
     },
+    /// `set_policy` (usernet extension, networks): change the isolation flags of the
+    /// network (`guest` absent) or of one guest.
+    SetPolicy {
+        /// The guest, or the whole network.
+        guest: Option<GuestRef>,
+        /// The changes.
+        change: PolicyChange,
+    },
+    /// `set_filters` (usernet extension): replace the IP filter rules of the network
+    /// (`guest` absent) or of one guest, and optionally the default policy.
+    SetFilters {
+        /// The guest, or the whole network.
+        guest: Option<GuestRef>,
+        /// The new rules, in order.
+        rules: Vec<crate::filter::FilterRule>,
+        /// The new default policy.
+        default: Option<crate::filter::Action>,
+    },
+    /// `list_policy` (usernet extension): flags, rules and their counters.
+    ListPolicy,
     /// `request_lease` (usernet extension): lease an address to `mac` without a DHCP
     /// exchange, for a guest configured statically from it.
     RequestLease {
@@ -188,6 +208,47 @@ pub enum Request {
         /// Its host name, recorded with the lease.
         hostname: Option<String>,
     },
+}
+
+/// How a per-guest request names its guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestRef {
+    /// By MAC.
+    Mac([u8; 6]),
+    /// By address (its lease, configured or pinned address).
+    Addr(IpAddr),
+}
+
+impl GuestRef {
+    /// Read `52:54:00:12:34:56`, `52-54-00-12-34-56` or an IP address.
+    pub fn parse(s: &str) -> Option<GuestRef> {
+        if let Some(m) = crate::rule::parse_mac(s) {
+            return Some(GuestRef::Mac(m));
+        }
+        s.parse().ok().map(GuestRef::Addr)
+    }
+}
+
+impl std::fmt::Display for GuestRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestRef::Mac(m) => f.write_str(&crate::rule::mac_dashes(*m).replace('-', ":")),
+            GuestRef::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// The flags a `set_policy` request changes; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    /// No traffic with other guests.
+    pub isolate: Option<bool>,
+    /// Nothing to the host.
+    pub block_host: Option<bool>,
+    /// Nothing but forwards in.
+    pub restrict: Option<bool>,
+    /// Turn the anti-spoofing checks off (`true`) or on.
+    pub allow_spoofing: Option<bool>,
 }
 
 /// What an `attach` request hands over.
@@ -341,6 +402,71 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
             };
             Ok(Request::Attach { kind, name })
         }
+        "list_policy" => Ok(Request::ListPolicy),
+        "set_policy" => {
+            let guest = guest_ref(args)?;
+            let flag = |k: &str| -> Result<Option<bool>, ApiError> {
+                match args.and_then(|a| a.get(k)) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Bool(b)) => Ok(Some(*b)),
+                    Some(_) => Err(ApiError::BadArgument(format!(
+                        "arguments.{k} must be true, false or null"
+                    ))),
+                }
+            };
+            let change = PolicyChange {
+                isolate: flag("isolate")?,
+                block_host: flag("block_host")?,
+                restrict: flag("restrict")?,
+                allow_spoofing: flag("allow_spoofing")?,
+            };
+            Ok(Request::SetPolicy { guest, change })
+        }
+        "set_filters" => {
+            let guest = guest_ref(args)?;
+            let list = match args.and_then(|a| a.get("rules")) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(v)) => v.clone(),
+                Some(_) => {
+                    return Err(ApiError::BadArgument(
+                        "arguments.rules must be an array of rule strings".into(),
+                    ));
+                }
+            };
+            if list.len() > crate::filter::MAX_FILTER_RULES {
+                return Err(ApiError::BadArgument(format!(
+                    "arguments.rules has {} rules (at most {})",
+                    list.len(),
+                    crate::filter::MAX_FILTER_RULES
+                )));
+            }
+            let mut rules = Vec::with_capacity(list.len());
+            for (i, r) in list.iter().enumerate() {
+                let Some(text) = r.as_str() else {
+                    return Err(ApiError::BadArgument(format!(
+                        "arguments.rules[{i}] is not a string"
+                    )));
+                };
+                let rule = crate::filter::parse_filter(text)
+                    .map_err(|e| ApiError::BadArgument(format!("arguments.rules[{i}]: {e}")))?;
+                rules.push(rule);
+            }
+            let default = match args.and_then(|a| a.get("default")) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(d)) if d == "allow" => Some(crate::filter::Action::Allow),
+                Some(Value::String(d)) if d == "deny" => Some(crate::filter::Action::Deny),
+                Some(_) => {
+                    return Err(ApiError::BadArgument(
+                        "arguments.default must be \"allow\" or \"deny\"".into(),
+                    ));
+                }
+            };
+            Ok(Request::SetFilters {
+                guest,
+                rules,
+                default,
+            })
+        }
         "request_lease" => {
             let bad = |what: &str| ApiError::BadArgument(what.to_string());
             let mac = match mac(args.and_then(|a| a.get("mac"))) {
@@ -355,6 +481,22 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
             Ok(Request::RequestLease { mac, hostname })
         }
         _ => Err(ApiError::UnknownExecute),
+    }
+}
+
+/// The optional `arguments.guest` of a per-guest request.
+fn guest_ref(args: Option<&Map<String, Value>>) -> Result<Option<GuestRef>, ApiError> {
+    match args.and_then(|a| a.get("guest")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => GuestRef::parse(s).map(Some).ok_or_else(|| {
+            ApiError::BadArgument(format!(
+                "arguments.guest \"{s}\" is neither a MAC address nor an IP address"
+            ))
+        }),
+        Some(_) => Err(ApiError::BadArgument(
+            "arguments.guest must be a MAC or IP address string".into(),
+        )),
     }
 }
 

@@ -98,6 +98,40 @@ pub fn api_request(data: &[u8]) {
                 Request::ListPorts => api::request_plain("list_ports"),
                 Request::ListLeases => api::request_plain("list_leases"),
                 Request::Attach { kind, name } => api::request_attach(*kind, name),
+                Request::SetPolicy { guest, change } => {
+                    let mut a = serde_json::Map::new();
+                    if let Some(g) = guest {
+                        a.insert("guest".into(), g.to_string().into());
+                    }
+                    for (k, v) in [
+                        ("isolate", change.isolate),
+                        ("block_host", change.block_host),
+                        ("restrict", change.restrict),
+                        ("allow_spoofing", change.allow_spoofing),
+                    ] {
+                        if let Some(b) = v {
+                            a.insert(k.into(), b.into());
+                        }
+                    }
+                    serde_json::json!({"execute": "set_policy", "arguments": a})
+                        .to_string()
+                        .into_bytes()
+                }
+                Request::SetFilters {
+                    guest,
+                    rules,
+                    default,
+                } => {
+                    let rules: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+                    serde_json::json!({"execute": "set_filters", "arguments": {
+                        "guest": guest.map(|g| g.to_string()),
+                        "rules": rules,
+                        "default": default.map(|d| d.to_string()),
+                    }})
+                    .to_string()
+                    .into_bytes()
+                }
+                Request::ListPolicy => api::request_plain("list_policy"),
                 Request::RequestLease { mac, hostname } => {
                     api::request_lease(*mac, hostname.as_deref())
                 }

@@ -170,9 +170,9 @@ fn not_yours(name: &str, dir: &Path, e: &std::io::Error) -> anyhow::Error {
 fn ask(
     api_path: &Path,
     request: &[u8],
-    fd: Option<std::os::fd::BorrowedFd<'_>>,
+    fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> anyhow::Result<Value> {
-    let reply = call_with_fd(api_path, request, fd)
+    let reply = call_with_fd(api_path, request, fds)
         .map_err(|e| anyhow::anyhow!("cannot talk to {}: {e}", api_path.display()))?;
     match api::parse_reply(&reply) {
         Ok(Reply::Stats(v)) => Ok(v),
@@ -183,19 +183,30 @@ fn ask(
     }
 }
 
-/// Hand `fd` to the network as a new port; returns its id.
+/// A pidfd for `pid` (the port leaves the network when that process exits).
+pub fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open just returned this new descriptor (close-on-exec); we own it.
+    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r as i32) })
+}
+
+/// Hand `fd` to the network as a new port (leaving when `watch`, a pidfd, says its
+/// process exited); returns its id.
 pub fn attach_fd(
     api_path: &Path,
     fd: &OwnedFd,
+    watch: Option<&OwnedFd>,
     kind: AttachKind,
     label: &str,
 ) -> anyhow::Result<u64> {
-    let v = ask(
-        api_path,
-        &api::request_attach(kind, label),
-        Some(fd.as_fd()),
-    )
-    .map_err(|e| anyhow::anyhow!("the network refused the port: {e}"))?;
+    let mut fds = vec![fd.as_fd()];
+    fds.extend(watch.map(|w| w.as_fd()));
+    let v = ask(api_path, &api::request_attach(kind, label), &fds)
+        .map_err(|e| anyhow::anyhow!("the network refused the port: {e}"))?;
     v.get("port")
         .and_then(Value::as_u64)
         .ok_or_else(|| anyhow::anyhow!("the network's reply names no port: {v}"))
@@ -221,7 +232,7 @@ pub fn request_lease(
     mac: [u8; 6],
     hostname: Option<&str>,
 ) -> anyhow::Result<Lease> {
-    let v = ask(api_path, &api::request_lease(mac, hostname), None)?;
+    let v = ask(api_path, &api::request_lease(mac, hostname), &[])?;
     let ip = |k: &str| {
         v.get(k)
             .and_then(Value::as_str)
@@ -267,7 +278,7 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
     let api_path = reach(&base, &cli.name, true)?;
     let (addr, prefix_len) = cli.address.unwrap_or((Ipv4Addr::UNSPECIFIED, 24));
     // An internal network has no gateway: no default route unless one is asked for.
-    let internal = ask(&api_path, &api::request_plain("list_ports"), None)
+    let internal = ask(&api_path, &api::request_plain("list_ports"), &[])
         .ok()
         .and_then(|v| {
             v.get("mode")
@@ -310,7 +321,14 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
     };
     let tap = ns::open_tap(&target, &ifc)?;
     let label = format!("{}:{}", cli.target, cli.tap_name);
-    let port = attach_fd(&api_path, &tap.fd, AttachKind::Tap, &label)?;
+    // The TAP the network holds keeps the namespace alive: the port leaves when the
+    // target process exits instead (a namespace named by path lives until removed
+    // through the API or the network stops).
+    let watch = match cli.netns_type {
+        NetnsTypeArg::Pid => cli.target.parse().ok().and_then(pidfd),
+        _ => None,
+    };
+    let port = attach_fd(&api_path, &tap.fd, watch.as_ref(), AttachKind::Tap, &label)?;
     println!("port {port}");
     eprintln!(
         "usernet: {} of {} joined network {} as port {port} (MAC {})",
@@ -334,8 +352,8 @@ pub fn list(dir: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
             api_path.display()
         );
     }
-    let ports = ask(&api_path, &api::request_plain("list_ports"), None)?;
-    let leases = ask(&api_path, &api::request_plain("list_leases"), None)?;
+    let ports = ask(&api_path, &api::request_plain("list_ports"), &[])?;
+    let leases = ask(&api_path, &api::request_plain("list_leases"), &[])?;
     let fwd_reply = call(&api_path, &api::request_list())
         .map_err(|e| anyhow::anyhow!("cannot talk to {}: {e}", api_path.display()))?;
     let fwd_json: Value = serde_json::from_slice(&fwd_reply).unwrap_or(Value::Null);

@@ -29,6 +29,7 @@
 //! their router writes straight to their one port.
 
 pub mod client;
+pub mod guard;
 pub mod run;
 pub mod switch;
 
@@ -45,7 +46,20 @@ use crate::port::Port;
 use crate::router::{Router, UNRESOLVED_MAC};
 use crate::stats::{DropReason, Stats};
 use crate::txq::TxQueue;
+use guard::{Flags, Identity, Lookup, Overrides};
 use switch::{Dest, PortId, Switch};
+
+/// Most per-guest policy overrides of a network.
+pub const MAX_GUEST_POLICIES: usize = 256;
+
+/// How a per-guest setting names its guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestKey {
+    /// By the port's MAC.
+    Mac([u8; 6]),
+    /// By the port's IPv4 address (its lease, configured or pinned address).
+    Addr(Ipv4Addr),
+}
 
 /// The router's port id.
 pub const ROUTER: PortId = 0;
@@ -121,6 +135,19 @@ pub struct GuestPort {
     pub pending: bool,
     /// The device can take frames.
     pub writable: bool,
+    /// What the port is allowed to claim (anti-spoofing).
+    pub ident: Identity,
+    /// Its isolation flags, as of [`Fabric`]'s policy epoch `flags_epoch`.
+    pub flags: Flags,
+    flags_epoch: u64,
+    /// The last IPv4 source seen (a change re-evaluates address-keyed settings).
+    seen4: Option<Ipv4Addr>,
+    /// Frames refused as spoofed, per [`Spoof`] reason.
+    pub spoofed: [u64; 6],
+    /// Frames to or from another guest refused by isolation.
+    pub isolated: u64,
+    /// A pidfd of the guest's process: readable when it exits, and the port leaves.
+    pub watch: Option<std::os::fd::OwnedFd>,
 }
 
 impl GuestPort {
@@ -148,6 +175,42 @@ pub struct Fabric {
     queue_frames: usize,
     subnet: (Ipv4Addr, u32),
     gateway: Ipv4Addr,
+    dns: Ipv4Addr,
+    /// The network's isolation flags.
+    pub base: Flags,
+    /// Per-guest changes to them.
+    pub overrides: Vec<(GuestKey, Overrides)>,
+    /// Per-guest filter rules, applied to the port that matches the key.
+    pub guest_filters: Vec<(GuestKey, Vec<usernet_portfwd::filter::FilterRule>)>,
+    epoch: u64,
+}
+
+/// The O(1) questions the anti-spoofing checks ask, over the fabric's tables.
+struct Look<'a> {
+    router: Option<&'a Router>,
+    neigh4: &'a HashMap<Ipv4Addr, [u8; 6]>,
+    neigh6: &'a HashMap<Ipv6Addr, [u8; 6]>,
+    subnet: (Ipv4Addr, u32),
+    gateway: Ipv4Addr,
+    dns: Ipv4Addr,
+}
+
+impl Lookup for Look<'_> {
+    fn leased_to(&self, a: Ipv4Addr) -> Option<[u8; 6]> {
+        self.router?.dhcp_mac_for(a)
+    }
+    fn used_by4(&self, a: Ipv4Addr) -> Option<[u8; 6]> {
+        self.neigh4.get(&a).copied()
+    }
+    fn used_by6(&self, a: Ipv6Addr) -> Option<[u8; 6]> {
+        self.neigh6.get(&a).copied()
+    }
+    fn in_subnet(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.subnet.1 == u32::from(self.subnet.0)
+    }
+    fn is_ours(&self, a: Ipv4Addr) -> bool {
+        a == self.gateway || a == self.dns
+    }
 }
 
 fn key(id: PortId) -> Option<usize> {
@@ -188,7 +251,125 @@ impl Fabric {
             queue_frames: (PORT_QUEUE_BYTES / frame_cap).max(PORT_QUEUE_MIN_FRAMES),
             subnet: (subnet.0, mask),
             gateway,
+            dns: Ipv4Addr::from(u32::from(gateway).wrapping_add(1)),
+            base: Flags {
+                spoof_check: true,
+                ..Flags::default()
+            },
+            overrides: Vec::new(),
+            guest_filters: Vec::new(),
+            epoch: 1,
         }
+    }
+
+    /// Replace one guest's filter rules (none: remove them).
+    pub fn set_guest_filters(
+        &mut self,
+        k: GuestKey,
+        rules: Vec<usernet_portfwd::filter::FilterRule>,
+    ) {
+        self.guest_filters.retain(|(key, _)| *key != k);
+        if !rules.is_empty() && self.guest_filters.len() < MAX_GUEST_POLICIES {
+            self.guest_filters.push((k, rules));
+        }
+        self.epoch += 1;
+        let ids: Vec<PortId> = self.ports.iter().map(|(k, _)| k + 1).collect();
+        for id in ids {
+            self.refresh_flags(id);
+        }
+    }
+
+    /// Change the network's flags, or one guest's (merged over its earlier changes).
+    /// `false` when the per-guest table is full.
+    pub fn set_policy(&mut self, guest: Option<GuestKey>, o: Overrides) -> bool {
+        match guest {
+            None => self.base = o.apply(self.base),
+            Some(k) => {
+                let full = self.overrides.len() >= MAX_GUEST_POLICIES;
+                match self.overrides.iter_mut().find(|(key, _)| *key == k) {
+                    Some((_, cur)) => cur.merge(&o),
+                    None if full => return false,
+                    None => self.overrides.push((k, o)),
+                }
+            }
+        }
+        self.epoch += 1;
+        let ids: Vec<PortId> = self.ports.iter().map(|(k, _)| k + 1).collect();
+        for id in ids {
+            self.refresh_flags(id);
+        }
+        true
+    }
+
+    /// Recompute a port's flags from the network's and the overrides naming it.
+    fn refresh_flags(&mut self, id: PortId) {
+        let look = Look {
+            router: self.router.as_ref(),
+            neigh4: &self.neigh4,
+            neigh6: &self.neigh6,
+            subnet: self.subnet,
+            gateway: self.gateway,
+            dns: self.dns,
+        };
+        let Some(p) = key(id).and_then(|k| self.ports.get_mut(k)) else {
+            return;
+        };
+        let mut f = self.base;
+        for (k, o) in &self.overrides {
+            let hit = match k {
+                GuestKey::Mac(m) => p.ident.mac == Some(*m),
+                GuestKey::Addr(a) => p.ident.owns4(*a, &look) || p.seen4 == Some(*a),
+            };
+            if hit {
+                f = o.apply(f);
+            }
+        }
+        p.flags = f;
+        p.flags_epoch = self.epoch;
+        // The port's own filter rules follow it the same way.
+        let mut rules = Vec::new();
+        for (k, r) in &self.guest_filters {
+            let hit = match k {
+                GuestKey::Mac(m) => p.ident.mac == Some(*m),
+                GuestKey::Addr(a) => p.ident.owns4(*a, &look) || p.seen4 == Some(*a),
+            };
+            if hit {
+                rules.extend(r.iter().cloned());
+            }
+        }
+        if let Some(r) = self.router.as_mut() {
+            let cur = r
+                .ctx
+                .policy
+                .guests
+                .get(&id)
+                .map(|l| &l.rules[..])
+                .unwrap_or(&[]);
+            if cur != &rules[..] {
+                r.ctx.policy.set_guest(id, rules);
+            }
+        }
+    }
+
+    /// Pin a port's identity to what its owner configured (`attach` passes the TAP's
+    /// MAC and its `--address`).
+    pub fn configure_identity(
+        &mut self,
+        id: PortId,
+        mac: Option<[u8; 6]>,
+        addr4: Option<Ipv4Addr>,
+    ) {
+        if let Some(p) = self.port_mut(id) {
+            if mac.is_some() {
+                p.ident.mac = mac;
+                p.mac = mac;
+            }
+            if addr4.is_some() {
+                p.ident.addr4 = addr4;
+            }
+            p.flags_epoch = 0;
+        }
+        self.refresh_flags(id);
     }
 
     /// Add a port; `None` when the network has [`MAX_PORTS`] already.
@@ -216,7 +397,15 @@ impl Fabric {
             last_progress: now,
             pending: true,
             writable: true,
+            ident: Identity::default(),
+            flags: self.base,
+            flags_epoch: 0,
+            seen4: None,
+            spoofed: [0; 6],
+            isolated: 0,
+            watch: None,
         });
+        self.refresh_flags(k + 1);
         Some(k + 1)
     }
 
@@ -230,6 +419,11 @@ impl Fabric {
             self.neigh6.retain(|_, m| *m != mac);
         }
         self.to_write.retain(|&q| q != id);
+        if let Some(r) = self.router.as_mut()
+            && r.ctx.policy.guests.contains_key(&id)
+        {
+            r.ctx.policy.set_guest(id, Vec::new());
+        }
         Some(p)
     }
 
@@ -272,29 +466,102 @@ impl Fabric {
         if p.mac.is_none() {
             p.mac = Some(src);
         }
+        if p.ident.mac.is_none() {
+            p.ident.mac = Some(src);
+            p.flags_epoch = 0;
+        }
+        // Address-keyed settings follow the address the guest uses.
+        let src4 = match [frame[12], frame[13]] {
+            [0x08, 0x00] if frame.len() >= 30 => {
+                Some(Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]))
+            }
+            _ => None,
+        };
+        if src4.is_some() && src4 != p.seen4 && !src4.is_some_and(|a| a.is_unspecified()) {
+            p.seen4 = src4;
+            p.flags_epoch = 0;
+        }
+        if p.flags_epoch != self.epoch {
+            self.refresh_flags(from);
+        }
+        let Some(p) = key(from).and_then(|k| self.ports.get_mut(k)) else {
+            return;
+        };
+        if p.flags.spoof_check {
+            let look = Look {
+                router: self.router.as_ref(),
+                neigh4: &self.neigh4,
+                neigh6: &self.neigh6,
+                subnet: self.subnet,
+                gateway: self.gateway,
+                dns: self.dns,
+            };
+            if let Err(why) = p.ident.check(frame, &look) {
+                p.spoofed[why as usize] += 1;
+                p.drops += 1;
+                self.stats.record(DropReason::Spoofed);
+                tracing::debug!(port = from, reason = why.as_str(), "spoofed frame dropped");
+                return;
+            }
+        }
+        let flags = p.flags;
+        let fenced = flags.isolate || flags.restrict;
         self.switch.learn(now, src, from);
         self.learn_neighbor(frame, src);
+        let origin = crate::policy::Origin {
+            port: from,
+            block_host: flags.block_host,
+            restrict: flags.restrict,
+        };
         match self.switch.lookup(now, dst, from) {
-            Dest::One(ROUTER) => self.deliver_to_router(now, frame),
-            Dest::One(to) => self.enqueue(to, frame),
+            Dest::One(ROUTER) => self.deliver_to_router(now, frame, origin),
+            Dest::One(to) => {
+                if fenced
+                    || self
+                        .port(to)
+                        .is_some_and(|q| q.flags.isolate || q.flags.restrict)
+                {
+                    self.isolate_drop(from);
+                } else {
+                    self.enqueue(to, frame);
+                }
+            }
             Dest::Drop => self.drop_at(from, DropReason::SwitchFiltered),
             Dest::Flood => {
+                let mut fenced_off = false;
                 for k in 0..self.ports.capacity() {
-                    if k + 1 != from && self.ports.contains(k) {
-                        self.enqueue(k + 1, frame);
+                    let Some(q) = self.ports.get(k) else { continue };
+                    if k + 1 == from {
+                        continue;
                     }
+                    if fenced || q.flags.isolate || q.flags.restrict {
+                        fenced_off = true;
+                        continue;
+                    }
+                    self.enqueue(k + 1, frame);
+                }
+                if fenced_off && dst[0] & 1 == 0 {
+                    self.isolate_drop(from);
                 }
                 // The router hears broadcasts and multicasts (ARP, DHCP, NDP), never
                 // unicast meant for someone else.
                 if dst[0] & 1 == 1 {
-                    self.deliver_to_router(now, frame);
+                    self.deliver_to_router(now, frame, origin);
                 }
             }
         }
     }
 
-    fn deliver_to_router(&mut self, now: Instant, frame: &[u8]) {
+    fn isolate_drop(&mut self, from: PortId) {
+        self.stats.record(DropReason::GuestIsolated);
+        if let Some(p) = self.port_mut(from) {
+            p.isolated += 1;
+        }
+    }
+
+    fn deliver_to_router(&mut self, now: Instant, frame: &[u8], origin: crate::policy::Origin) {
         if let Some(r) = self.router.as_mut() {
+            r.ctx.policy.origin = origin;
             use std::sync::atomic::Ordering::Relaxed;
             self.stats.rx_frames.fetch_add(1, Relaxed);
             self.stats.rx_bytes.fetch_add(frame.len() as u64, Relaxed);

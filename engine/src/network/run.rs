@@ -27,6 +27,8 @@ const SIGNAL: Token = Token(1);
 const EXIT_FD: Token = Token(2);
 const LISTENER: Token = Token(5);
 const PORT_BASE: usize = 16;
+/// Tokens of the pidfds that tell a port's guest process exited.
+const WATCH_BASE: usize = 1 << 24;
 
 /// How long a network created on first use lives without any port.
 pub const IDLE_EXIT: Duration = Duration::from_secs(5);
@@ -77,6 +79,21 @@ pub struct NetworkCli {
     /// Serve DHCP on an internal network (nat and host-only networks always do, unless --disable-dhcp)
     #[arg(long)]
     pub dhcp: bool,
+    /// Keep guests apart: no traffic between guests (DHCP and the gateway still work)
+    #[arg(long)]
+    pub isolate: bool,
+    /// Guests may not reach the host (the gateway does not stand for the host's loopback; forwards still come in)
+    #[arg(long = "block-host")]
+    pub block_host: bool,
+    /// Guests may reach nothing but what is forwarded to them (QEMU's restrict=on)
+    #[arg(long)]
+    pub restrict: bool,
+    /// Turn off the anti-spoofing checks (source MAC, addresses, ARP, NDP, rogue DHCP/RA)
+    #[arg(long = "allow-spoofing")]
+    pub allow_spoofing: bool,
+    /// Settings for one guest: GUEST=FLAG[,FLAG...] with GUEST a MAC or IPv4 address and FLAG one of isolate, no-isolate, block-host, no-block-host, restrict, no-restrict, allow-spoofing, no-allow-spoofing (repeatable)
+    #[arg(long = "guest-policy", value_name = "GUEST=FLAGS", value_parser = parse_guest_policy)]
+    pub guest_policy: Vec<(super::GuestKey, super::guard::Overrides)>,
     /// Print a running network's ports, leases and forwards, then exit
     #[arg(long)]
     pub list: bool,
@@ -97,6 +114,43 @@ pub struct NetworkCli {
     pub ready_fd: Option<i32>,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// `GUEST=FLAG[,FLAG...]` of `--guest-policy`.
+pub fn parse_guest_policy(s: &str) -> Result<(super::GuestKey, super::guard::Overrides), String> {
+    let (g, flags) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--guest-policy \"{s}\" has no '=' (expected GUEST=FLAG[,FLAG...], e.g. 52:54:00:12:34:56=isolate)"))?;
+    let key = match usernet_portfwd::api::GuestRef::parse(g) {
+        Some(usernet_portfwd::api::GuestRef::Mac(m)) => super::GuestKey::Mac(m),
+        Some(usernet_portfwd::api::GuestRef::Addr(std::net::IpAddr::V4(a))) => {
+            super::GuestKey::Addr(a)
+        }
+        _ => {
+            return Err(format!(
+                "\"{g}\" in --guest-policy is neither a MAC nor an IPv4 address"
+            ));
+        }
+    };
+    let mut o = super::guard::Overrides::default();
+    for f in flags.split(',') {
+        let (name, on) = match f.strip_prefix("no-") {
+            Some(n) => (n, false),
+            None => (f, true),
+        };
+        match name {
+            "isolate" => o.isolate = Some(on),
+            "block-host" => o.block_host = Some(on),
+            "restrict" => o.restrict = Some(on),
+            "allow-spoofing" => o.allow_spoofing = Some(on),
+            _ => {
+                return Err(format!(
+                    "\"{f}\" in --guest-policy is not a setting (expected isolate, block-host, restrict or allow-spoofing, each optionally prefixed with no-)"
+                ));
+            }
+        }
+    }
+    Ok((key, o))
 }
 
 /// Where networks keep their sockets: `--runtime-dir`, else `/run/usernet` for root,
@@ -262,7 +316,7 @@ pub fn cmd_network(cli: NetworkCli) -> anyhow::Result<ExitCode> {
         }
         Some(r)
     };
-    let fabric = Fabric::new(
+    let mut fabric = Fabric::new(
         now,
         cfg.mtu,
         (cfg.network, cfg.prefix_len),
@@ -270,6 +324,31 @@ pub fn cmd_network(cli: NetworkCli) -> anyhow::Result<ExitCode> {
         router,
         stats.clone(),
     );
+    fabric.set_policy(
+        None,
+        super::guard::Overrides {
+            isolate: Some(cli.isolate),
+            block_host: Some(cli.block_host),
+            restrict: Some(cli.restrict),
+            allow_spoofing: Some(cli.allow_spoofing),
+        },
+    );
+    for (k, o) in &cli.guest_policy {
+        fabric.set_policy(Some(*k), *o);
+    }
+    for (g, rule) in &cli.net.filter {
+        if let Some(g) = g {
+            let k = guest_key(*g).map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
+            let mut rules: Vec<_> = fabric
+                .guest_filters
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default();
+            rules.push(rule.clone());
+            fabric.set_guest_filters(k, rules);
+        }
+    }
     let hint = format!(
         "-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 -netdev stream,id=n0,server=off,addr.type=unix,addr.path={}",
         stream_path.display()
@@ -323,7 +402,11 @@ fn token_of(id: usize) -> Token {
 }
 
 fn port_of(t: Token) -> Option<usize> {
-    (t.0 >= PORT_BASE && t.0 < crate::router::ROUTER_TOKEN_BASE).then(|| t.0 - PORT_BASE)
+    (t.0 >= PORT_BASE && t.0 < WATCH_BASE).then(|| t.0 - PORT_BASE)
+}
+
+fn watched_port(t: Token) -> Option<usize> {
+    (t.0 >= WATCH_BASE && t.0 < crate::router::ROUTER_TOKEN_BASE).then(|| t.0 - WATCH_BASE)
 }
 
 fn event_loop(
@@ -435,6 +518,8 @@ fn event_loop(
                                 ev.is_error(),
                             );
                         }
+                    } else if let Some(id) = watched_port(t) {
+                        remove_device(&mut fabric, poll.registry(), id, "its guest process exited");
                     } else if let Some(id) = port_of(t)
                         && let Some(p) = fabric.port_mut(id)
                     {
@@ -691,6 +776,7 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
                     };
                     serde_json::json!({ "ports": ports_json(fabric), "mode": mode.as_str() })
                 }
+                Query::Policy => policy_json(fabric),
                 Query::Leases => serde_json::json!({
                     "leases": fabric.router.as_ref().map(engine::leases_json).unwrap_or_default()
                 }),
@@ -699,6 +785,7 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
         }
         Command::Attach {
             fd,
+            watch,
             kind,
             name,
             reply,
@@ -720,7 +807,62 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
             };
             let r = io
                 .and_then(|io| add_device(fabric, reg, now, io, kind, name))
-                .map(|id| serde_json::json!({ "port": id }));
+                .map(|id| {
+                    if let Some(w) = watch {
+                        let src = &mut SourceFd(&w.as_raw_fd());
+                        match reg.register(src, Token(WATCH_BASE + id), Interest::READABLE) {
+                            Ok(()) => {
+                                if let Some(p) = fabric.port_mut(id) {
+                                    p.watch = Some(w);
+                                }
+                            }
+                            Err(e) => tracing::warn!(port = id, error = %e, "cannot watch the guest's process"),
+                        }
+                    }
+                    serde_json::json!({ "port": id })
+                });
+            let _ = reply.try_send(r);
+        }
+        Command::SetPolicy {
+            guest,
+            change,
+            reply,
+        } => {
+            let o = super::guard::Overrides {
+                isolate: change.isolate,
+                block_host: change.block_host,
+                restrict: change.restrict,
+                allow_spoofing: change.allow_spoofing,
+            };
+            let r = match guest.map(guest_key).transpose() {
+                Err(e) => Err(e),
+                Ok(key) if fabric.set_policy(key, o) => Ok(policy_json(fabric)),
+                Ok(_) => Err(format!(
+                    "the network holds settings for {} guests already",
+                    super::MAX_GUEST_POLICIES
+                )),
+            };
+            let _ = reply.try_send(r);
+        }
+        Command::SetFilters {
+            guest,
+            rules,
+            default,
+            reply,
+        } => {
+            let r = match guest.map(guest_key).transpose() {
+                Err(e) => Err(e),
+                Ok(None) => {
+                    if let Some(r) = fabric.router.as_mut() {
+                        r.ctx.policy.set_network(rules, default);
+                    }
+                    Ok(policy_json(fabric))
+                }
+                Ok(Some(k)) => {
+                    fabric.set_guest_filters(k, rules);
+                    Ok(policy_json(fabric))
+                }
+            };
             let _ = reply.try_send(r);
         }
         Command::RequestLease {
@@ -737,6 +879,67 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
             let _ = reply.try_send(r);
         }
     }
+}
+
+fn guest_key(g: usernet_portfwd::api::GuestRef) -> Result<super::GuestKey, String> {
+    match g {
+        usernet_portfwd::api::GuestRef::Mac(m) => Ok(super::GuestKey::Mac(m)),
+        usernet_portfwd::api::GuestRef::Addr(std::net::IpAddr::V4(a)) => {
+            Ok(super::GuestKey::Addr(a))
+        }
+        usernet_portfwd::api::GuestRef::Addr(a) => Err(format!(
+            "guest {a}: name a guest by its MAC or IPv4 address"
+        )),
+    }
+}
+
+/// The isolation flags, per-port state and filter rules as `list_policy` shows them.
+pub fn policy_json(fabric: &Fabric) -> serde_json::Value {
+    let flags = |f: &super::guard::Flags| {
+        serde_json::json!({
+            "isolate": f.isolate, "block_host": f.block_host,
+            "restrict": f.restrict, "allow_spoofing": !f.spoof_check,
+        })
+    };
+    let ports: Vec<serde_json::Value> = fabric
+        .ports
+        .iter()
+        .map(|(k, p)| {
+            let spoofed: serde_json::Map<String, serde_json::Value> = super::guard::Spoof::ALL
+                .iter()
+                .zip(p.spoofed)
+                .map(|(r, n)| (r.as_str().to_string(), n.into()))
+                .collect();
+            serde_json::json!({
+                "id": k + 1,
+                "mac": p.ident.mac.map(usernet_dhcp::fmt_mac),
+                "addr": p.ident.addr4.map(|a| a.to_string()),
+                "flags": flags(&p.flags),
+                "spoofed": spoofed,
+                "isolated": p.isolated,
+            })
+        })
+        .collect();
+    let guests: Vec<serde_json::Value> = fabric
+        .overrides
+        .iter()
+        .map(|(k, o)| {
+            serde_json::json!({
+                "guest": match k {
+                    super::GuestKey::Mac(m) => usernet_dhcp::fmt_mac(*m),
+                    super::GuestKey::Addr(a) => a.to_string(),
+                },
+                "isolate": o.isolate, "block_host": o.block_host,
+                "restrict": o.restrict, "allow_spoofing": o.allow_spoofing,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "network": flags(&fabric.base),
+        "guests": guests,
+        "ports": ports,
+        "filters": fabric.router.as_ref().map(|r| r.ctx.policy.to_json()),
+    })
 }
 
 /// The ports as `list_ports` shows them (the router first, when there is one).

@@ -187,6 +187,8 @@ fn learned_unicast_goes_to_one_port_and_unknown_unicast_floods() {
 fn a_frame_to_its_own_port_and_group_sources_are_dropped() {
     let now = Instant::now();
     let (mut f, _p) = fabric_with(cfg(), false);
+    // Two MACs behind one port (a bridge in the guest): only without anti-spoofing.
+    f.set_policy(None, allow_spoofing());
     let [a, b, _c] = three_ports(&mut f, now);
     f.from_port(
         now,
@@ -421,4 +423,206 @@ fn the_port_table_is_bounded() {
         f.add_port(now, None, PortKind::Virtual, "one too many".into())
             .is_none()
     );
+}
+
+fn allow_spoofing() -> guard::Overrides {
+    guard::Overrides {
+        allow_spoofing: Some(true),
+        ..guard::Overrides::default()
+    }
+}
+
+fn arp_reply(sha: [u8; 6], spa: [u8; 4], to_mac: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0, 1, 8, 0, 6, 4, 0, 2];
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa);
+    p.extend_from_slice(&to_mac);
+    p.extend_from_slice(&tpa);
+    eth(to_mac, sha, 0x0806, &p)
+}
+
+#[test]
+fn isolated_guests_reach_the_gateway_but_not_each_other() {
+    let now = Instant::now();
+    // Static guests use addresses outside the DHCP pool (a lease always wins).
+    let mut c = cfg();
+    if let Some(d) = c.dhcp.as_mut() {
+        d.pool_start = [10, 0, 2, 40].into();
+    }
+    let (mut f, _p) = fabric_with(c, true);
+    f.set_policy(
+        None,
+        guard::Overrides {
+            isolate: Some(true),
+            ..guard::Overrides::default()
+        },
+    );
+    let [a, b, c] = three_ports(&mut f, now);
+    // ARP from A for B: neither B nor C hear it; the router does (and ignores it).
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 16]));
+    let out = settle(&mut f, now);
+    assert!(out.is_empty(), "{out:?}");
+    // B is learned; A's unicast to B is still refused.
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(MAC_B, GATEWAY_MAC, [10, 0, 2, 16], [10, 0, 2, 2]),
+    );
+    let out = settle(&mut f, now);
+    assert_eq!(
+        out.keys().copied().collect::<Vec<_>>(),
+        [b],
+        "B's ping to the gateway is answered"
+    );
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, MAC_B, [10, 0, 2, 15], [10, 0, 2, 16]),
+    );
+    assert!(settle(&mut f, now).is_empty());
+    assert!(f.stats.drops(DropReason::GuestIsolated) >= 1);
+    // DHCP still works for an isolated guest.
+    f.from_port(now, c, &dhcp(MAC_C, 1, None));
+    let out = settle(&mut f, now);
+    assert_eq!(out.keys().copied().collect::<Vec<_>>(), [c]);
+    // One guest let out of isolation still cannot reach an isolated one.
+    f.set_policy(
+        Some(GuestKey::Mac(MAC_A)),
+        guard::Overrides {
+            isolate: Some(false),
+            ..guard::Overrides::default()
+        },
+    );
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, MAC_B, [10, 0, 2, 15], [10, 0, 2, 16]),
+    );
+    assert!(settle(&mut f, now).is_empty());
+    // With both out of isolation, it passes.
+    f.set_policy(
+        Some(GuestKey::Addr([10, 0, 2, 16].into())),
+        guard::Overrides {
+            isolate: Some(false),
+            ..guard::Overrides::default()
+        },
+    );
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, MAC_B, [10, 0, 2, 15], [10, 0, 2, 16]),
+    );
+    assert_eq!(settle(&mut f, now).keys().copied().collect::<Vec<_>>(), [b]);
+}
+
+#[test]
+fn a_spoofer_cannot_poison_arp_or_steal_traffic() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    // A and B lease 10.0.2.15 and .16.
+    for (port, mac) in [(a, MAC_A), (b, MAC_B)] {
+        f.from_port(now, port, &dhcp(mac, 1, None));
+        let out = settle(&mut f, now);
+        let offer = out[&port]
+            .iter()
+            .find(|fr| fr[6..12] == GATEWAY_MAC)
+            .unwrap();
+        let addr = yiaddr(offer);
+        f.from_port(now, port, &dhcp(mac, 3, Some(addr)));
+        let _ = settle(&mut f, now);
+    }
+    // C (MAC_C) claims B's address to A, and the gateway's, and forges B's MAC.
+    let forged = [
+        arp_reply(MAC_C, [10, 0, 2, 16], MAC_A, [10, 0, 2, 15]),
+        arp_reply(MAC_C, [10, 0, 2, 2], MAC_A, [10, 0, 2, 15]),
+        icmp_echo(MAC_C, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
+        icmp_echo(MAC_B, MAC_A, [10, 0, 2, 16], [10, 0, 2, 15]),
+        dhcp(MAC_C, 1, None)
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| if i == 14 + 20 + 1 { 67 } else { b })
+            .collect(),
+    ];
+    for fr in &forged {
+        f.from_port(now, c, fr);
+    }
+    let out = settle(&mut f, now);
+    assert!(out.is_empty(), "a forged frame got through: {out:?}");
+    let p = f.port(c).unwrap();
+    assert_eq!(p.spoofed[guard::Spoof::Arp as usize], 2);
+    assert!(p.spoofed[guard::Spoof::Ipv4 as usize] + p.spoofed[guard::Spoof::Mac as usize] >= 2);
+    assert_eq!(f.stats.drops(DropReason::Spoofed), forged.len() as u64);
+    // B's MAC still lives on B's port: traffic to B is not stolen.
+    assert_eq!(f.switch.port_of(now, MAC_B), Some(b));
+    // With --allow-spoofing for C, the same frames pass (the checks were the reason).
+    f.set_policy(Some(GuestKey::Mac(MAC_C)), allow_spoofing());
+    f.from_port(now, c, &forged[2]);
+    assert!(!settle(&mut f, now).is_empty());
+}
+
+#[test]
+fn a_configured_identity_is_pinned() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), false);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.configure_identity(a, Some(MAC_A), Some([10, 0, 2, 20].into()));
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, BCAST, [10, 0, 2, 21], [10, 0, 2, 255]),
+    );
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_C, BCAST, [10, 0, 2, 20], [10, 0, 2, 255]),
+    );
+    assert!(settle(&mut f, now).is_empty());
+    f.from_port(
+        now,
+        a,
+        &icmp_echo(MAC_A, BCAST, [10, 0, 2, 20], [10, 0, 2, 255]),
+    );
+    assert!(settle(&mut f, now).contains_key(&b));
+}
+
+proptest::proptest! {
+    /// Whatever a guest sends, no frame it sent leaves the switch toward another
+    /// guest with a source MAC or address it does not own.
+    #[test]
+    fn no_forged_source_ever_leaves_the_switch(
+        frames in proptest::collection::vec((0usize..3, 0usize..3, 0u8..4, 0u8..4, 0u8..3), 1..60)
+    ) {
+        let now = Instant::now();
+        let (mut f, _p) = fabric_with(cfg(), true);
+        let ports = three_ports(&mut f, now);
+        let macs = [MAC_A, MAC_B, MAC_C];
+        for (from, mac_i, ip_last, kind, to) in frames {
+            let port = ports[from];
+            let mac = macs[mac_i];
+            let ip = [10, 0, 2, 15 + ip_last];
+            let to_mac = macs[usize::from(to)];
+            let frame = match kind {
+                0 => icmp_echo(mac, to_mac, ip, [10, 0, 2, 99]),
+                1 => arp_reply(mac, ip, to_mac, [10, 0, 2, 99]),
+                2 => arp(1, mac, ip, [10, 0, 2, 99]),
+                _ => icmp_echo(mac, BCAST, ip, [10, 0, 2, 255]),
+            };
+            f.from_port(now, port, &frame);
+            let out = settle(&mut f, now);
+            for (dest, frs) in out {
+                for fr in frs {
+                    if fr[6..12] == GATEWAY_MAC {
+                        continue;
+                    }
+                    proptest::prop_assert!(dest != port);
+                    let p = f.port(port).unwrap();
+                    proptest::prop_assert_eq!(Some(&fr[6..12]), p.ident.mac.as_ref().map(|m| &m[..]));
+                    let claimed = if fr[12..14] == [8, 6] { &fr[28..32] } else { &fr[26..30] };
+                    let owned = p.ident.addr4.map(|a| a.octets());
+                    proptest::prop_assert_eq!(Some(claimed), owned.as_ref().map(|a| &a[..]));
+                }
+            }
+        }
+    }
 }

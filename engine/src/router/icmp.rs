@@ -140,6 +140,19 @@ impl IcmpTable {
                 return;
             }
         }
+        if !ctx.policy.is_open()
+            && ctx
+                .policy
+                .check(
+                    usernet_portfwd::filter::FilterProto::Icmp,
+                    SocketAddr::new(dst, 0),
+                    false,
+                )
+                .is_err()
+        {
+            ctx.drop(DropReason::FlowDenied);
+            return;
+        }
         let ident = u16::from_be_bytes([body[4], body[5]]);
         let Some(idx) = self.mapping(ctx, now, src, ident) else {
             return;

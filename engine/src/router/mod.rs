@@ -204,6 +204,8 @@ pub struct Ctx {
     pub registry: Registry,
     /// The engine's start, for smoltcp timestamps.
     pub epoch: Instant,
+    /// Per-guest isolation and the IP filter rules, asked once per new flow.
+    pub policy: crate::policy::FlowPolicy,
 }
 
 impl Ctx {
@@ -278,6 +280,7 @@ impl Router {
             timers: Timers::default(),
             registry,
             epoch: now,
+            policy: crate::policy::FlowPolicy::new(cfg.filters.clone(), cfg.filter_default),
             stats,
             cfg,
         };
@@ -624,6 +627,10 @@ impl Router {
                     return;
                 }
                 if dst == v6.dns && d.dst.port() == 53 && self.ctx.cfg.enable_dns {
+                    if !self.dns_allowed(d.dst) {
+                        udp::admin_prohibited(&mut self.ctx, d.dst.ip(), d.src.ip(), ip);
+                        return;
+                    }
                     self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
                     self.sync_dns_timer();
                     return;
@@ -726,6 +733,10 @@ impl Router {
             && d.dst.port() == 53
             && self.ctx.cfg.enable_dns
         {
+            if !self.dns_allowed(d.dst) {
+                udp::admin_prohibited(&mut self.ctx, d.dst.ip(), d.src.ip(), ip);
+                return;
+            }
             self.dns.handle_query(&mut self.ctx, now, d.src, d.payload);
             self.sync_dns_timer();
             return;
@@ -814,6 +825,22 @@ impl Router {
             .as_ref()
             .map(|s| s.leases().collect())
             .unwrap_or_default()
+    }
+
+    /// Whether the flow policy lets this DNS query through (each query is a flow).
+    fn dns_allowed(&mut self, dst: SocketAddr) -> bool {
+        if self.ctx.policy.is_open() {
+            return true;
+        }
+        let ok = self
+            .ctx
+            .policy
+            .check(usernet_portfwd::filter::FilterProto::Udp, dst, false)
+            .is_ok();
+        if !ok {
+            self.ctx.drop(DropReason::FlowDenied);
+        }
+        ok
     }
 
     fn sync_dns_timer(&mut self) {

@@ -358,6 +358,22 @@ impl TcpTable {
             send_rst(ctx, &key, &seg);
             return;
         };
+        if !ctx.policy.is_open() {
+            let to_host = dns_stream.is_none() && target.ip().is_loopback();
+            if ctx
+                .policy
+                .check(
+                    usernet_portfwd::filter::FilterProto::Tcp,
+                    key.remote,
+                    to_host,
+                )
+                .is_err()
+            {
+                ctx.drop(DropReason::FlowDenied);
+                send_rst(ctx, &key, &seg);
+                return;
+            }
+        }
         let mut host = match crate::host::tcp_connect(&ctx.cfg, target) {
             Ok(h) => h,
             Err(e) => {

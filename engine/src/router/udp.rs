@@ -99,6 +99,9 @@ struct Mapping {
     deadline: Option<Instant>,
     readable: bool,
     blocked: bool,
+    /// The last destination the flow policy allowed, and its epoch: datagrams to it
+    /// are not asked again (the policy is asked once per flow, not per datagram).
+    allowed: Option<(SocketAddr, u64)>,
 }
 
 /// All UDP mappings.
@@ -162,6 +165,28 @@ impl UdpTable {
                 return;
             }
         };
+        let mut newly_allowed = None;
+        if !ctx.policy.is_open() {
+            let key = (d.dst, ctx.policy.epoch);
+            let cached = self
+                .by_guest
+                .get(&d.src)
+                .and_then(|&i| self.maps.get(i))
+                .is_some_and(|m| m.allowed == Some(key));
+            if !cached {
+                let to_host = target.ip().is_loopback();
+                if ctx
+                    .policy
+                    .check(usernet_portfwd::filter::FilterProto::Udp, d.dst, to_host)
+                    .is_err()
+                {
+                    ctx.drop(DropReason::FlowDenied);
+                    admin_prohibited(ctx, d.dst.ip(), d.src.ip(), ip);
+                    return;
+                }
+                newly_allowed = Some(key);
+            }
+        }
         let idx = match self.by_guest.get(&d.src) {
             Some(&i) => i,
             None => match self.open(ctx, now, d.src) {
@@ -172,6 +197,9 @@ impl UdpTable {
         let Some(m) = self.maps.get_mut(idx) else {
             return;
         };
+        if newly_allowed.is_some() {
+            m.allowed = newly_allowed;
+        }
         m.last_active = now;
         match m.sock.send_to(d.payload, target) {
             Ok(_) => {}
@@ -214,6 +242,7 @@ impl UdpTable {
             deadline: None,
             readable: false,
             blocked: false,
+            allowed: None,
         });
         self.by_guest.insert(guest, idx);
         self.clock.push_back(idx);
@@ -481,6 +510,14 @@ fn quote_udp(guest: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 /// ICMP (v4) or ICMPv6 port unreachable from `from` to the guest, quoting `ip`.
+/// Answer a datagram the flow policy refused: ICMP administratively prohibited.
+pub fn admin_prohibited(ctx: &mut Ctx, from: IpAddr, guest: IpAddr, ip: &[u8]) {
+    let kind = crate::frames::IcmpError::AdminProhibited;
+    if !ctx.emit.icmp_error_any(&mut ctx.txq, from, guest, kind, ip) {
+        ctx.drop(DropReason::TxQueueFull);
+    }
+}
+
 pub fn port_unreachable(ctx: &mut Ctx, from: IpAddr, guest: IpAddr, ip: &[u8]) {
     let kind = crate::frames::IcmpError::PortUnreachable;
     if !ctx.emit.icmp_error_any(&mut ctx.txq, from, guest, kind, ip) {
