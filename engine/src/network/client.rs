@@ -361,6 +361,7 @@ pub fn list(dir: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
         .get("entries")
         .cloned()
         .unwrap_or(Value::Array(Vec::new()));
+    let policy = ask(&api_path, &api::request_plain("list_policy"), &[]).unwrap_or(Value::Null);
     let ports = ports
         .get("ports")
         .cloned()
@@ -372,7 +373,7 @@ pub fn list(dir: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!(
             "{}",
-            serde_json::json!({ "ports": ports, "leases": leases, "forwards": forwards })
+            serde_json::json!({ "ports": ports, "leases": leases, "forwards": forwards, "policy": policy })
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -431,6 +432,66 @@ pub fn list(dir: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
             guest,
             s(f, "guest_port")
         );
+    }
+    if let Some(net) = policy.get("network") {
+        let on = |v: &Value, k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let names = |v: &Value| {
+            let mut f: Vec<&str> = Vec::new();
+            for (k, n) in [
+                ("isolate", "isolate"),
+                ("block_host", "block-host"),
+                ("restrict", "restrict"),
+                ("allow_spoofing", "allow-spoofing"),
+            ] {
+                if on(v, k) {
+                    f.push(n);
+                }
+            }
+            if f.is_empty() {
+                "-".to_string()
+            } else {
+                f.join(",")
+            }
+        };
+        println!("policy: network {}", names(net));
+        for p in policy
+            .get("ports")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+        {
+            let spoofed: u64 = p
+                .get("spoofed")
+                .and_then(Value::as_object)
+                .map(|m| m.values().filter_map(Value::as_u64).sum())
+                .unwrap_or(0);
+            println!(
+                "  port {:>4}: {}, spoofed frames {}, isolation drops {}",
+                s(p, "id"),
+                names(p.get("flags").unwrap_or(&Value::Null)),
+                spoofed,
+                s(p, "isolated")
+            );
+        }
+        if let Some(f) = policy.get("filters").filter(|f| !f.is_null()) {
+            println!(
+                "filters (default {}, {} flows decided by it):",
+                s(f, "default"),
+                s(f, "default_hits")
+            );
+            for r in f.get("network").and_then(Value::as_array).unwrap_or(&empty) {
+                println!("  {:<40} hits {}", s(r, "rule"), s(r, "hits"));
+            }
+            for g in f.get("guests").and_then(Value::as_array).unwrap_or(&empty) {
+                for r in g.get("rules").and_then(Value::as_array).unwrap_or(&empty) {
+                    println!(
+                        "  port {} {:<33} hits {}",
+                        s(g, "port"),
+                        s(r, "rule"),
+                        s(r, "hits")
+                    );
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
