@@ -73,6 +73,10 @@ pub enum Command {
         kind: AttachKind,
         /// A label for listings.
         name: String,
+        /// The guest's MAC, when known.
+        mac: Option<[u8; 6]>,
+        /// The guest's configured IPv4 address.
+        addr: Option<std::net::Ipv4Addr>,
         /// The new port's id, or why not.
         reply: SyncSender<Result<Value, String>>,
     },
@@ -353,7 +357,12 @@ fn handle(req: Request, fds: Vec<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Con
                 None => late(),
             }
         }
-        Request::Attach { kind, name } => {
+        Request::Attach {
+            kind,
+            name,
+            mac,
+            addr,
+        } => {
             let Some(fd) = fd else {
                 return api::reply_error(
                     "attach: no file descriptor came with the request (pass the TAP or socket with SCM_RIGHTS)",
@@ -364,6 +373,8 @@ fn handle(req: Request, fds: Vec<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Con
                 watch,
                 kind,
                 name,
+                mac,
+                addr,
                 reply,
             }) {
                 Some(Ok(v)) => api::reply_stats(&v),

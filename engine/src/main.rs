@@ -214,6 +214,7 @@ fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
         watch.as_ref(),
         usernet_portfwd::api::AttachKind::Tap,
         &format!("run-{}:{}", child.pid, cli.tap_name),
+        (Some(mac), Some(lease.addr)),
     )?;
     // The network holds the TAP now; the child's namespace keeps it alive.
     let pid = child.pid;

@@ -75,6 +75,7 @@ fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
             None,
             AttachKind::Stream,
             &format!("vm-fd-{n}"),
+            (None, None),
         )?;
         eprintln!("usernet: the VM on fd {n} joined network {name} as port {port}");
         return Ok(ExitCode::SUCCESS);
@@ -110,6 +111,7 @@ fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
             None,
             AttachKind::Stream,
             &format!("vm-{}", i + 1),
+            (None, None),
         ) {
             Ok(port) => eprintln!("usernet: a VM joined network {name} as port {port}"),
             Err(e) => eprintln!("usernet: {e}"),

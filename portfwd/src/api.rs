@@ -179,6 +179,10 @@ pub enum Request {
         kind: AttachKind,
         /// A label shown in listings (at most 64 bytes, no control characters).
         name: String,
+        /// The guest interface's MAC, when its owner knows it (pinned at once).
+        mac: Option<[u8; 6]>,
+        /// The guest's configured IPv4 address, if any (pinned at once).
+        addr: Option<std::net::Ipv4Addr>,
     },
     /// `set_policy` (usernet extension, networks): change the isolation flags of the
     /// network (`guest` absent) or of one guest.
@@ -400,7 +404,19 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
                     ));
                 }
             };
-            Ok(Request::Attach { kind, name })
+            let mac = mac(args.and_then(|a| a.get("mac")))
+                .map_err(|()| bad("arguments.mac must be a MAC address"))?;
+            let addr = match addr(args.and_then(|a| a.get("addr"))) {
+                Ok(None) => None,
+                Ok(Some(IpAddr::V4(a))) => Some(a),
+                _ => return Err(bad("arguments.addr must be an IPv4 address")),
+            };
+            Ok(Request::Attach {
+                kind,
+                name,
+                mac,
+                addr,
+            })
         }
         "list_policy" => Ok(Request::ListPolicy),
         "set_policy" => {
@@ -691,10 +707,18 @@ pub fn request_plain(execute: &str) -> Vec<u8> {
 }
 
 /// The `attach` request (its descriptor travels beside it, in `SCM_RIGHTS`).
-pub fn request_attach(kind: AttachKind, name: &str) -> Vec<u8> {
-    serde_json::json!({"execute": "attach", "arguments": {"kind": kind.as_str(), "name": name}})
-        .to_string()
-        .into_bytes()
+pub fn request_attach(
+    kind: AttachKind,
+    name: &str,
+    mac: Option<[u8; 6]>,
+    addr: Option<std::net::Ipv4Addr>,
+) -> Vec<u8> {
+    let mac = mac.map(|m| crate::rule::mac_dashes(m).replace('-', ":"));
+    serde_json::json!({"execute": "attach", "arguments": {
+        "kind": kind.as_str(), "name": name, "mac": mac, "addr": addr.map(|a| a.to_string()),
+    }})
+    .to_string()
+    .into_bytes()
 }
 
 /// The `request_lease` request.
@@ -1411,10 +1435,17 @@ mod tests {
             Ok(Request::ListLeases)
         );
         assert_eq!(
-            parse_request(&request_attach(AttachKind::Tap, "1234:tap0")),
+            parse_request(&request_attach(
+                AttachKind::Tap,
+                "1234:tap0",
+                Some([0x52, 0x54, 0, 0, 0, 1]),
+                Some([10, 0, 2, 20].into())
+            )),
             Ok(Request::Attach {
                 kind: AttachKind::Tap,
-                name: "1234:tap0".into()
+                name: "1234:tap0".into(),
+                mac: Some([0x52, 0x54, 0, 0, 0, 1]),
+                addr: Some([10, 0, 2, 20].into()),
             })
         );
         assert_eq!(

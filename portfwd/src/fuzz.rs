@@ -97,7 +97,12 @@ pub fn api_request(data: &[u8]) {
                 Request::Stats => api::request_stats(),
                 Request::ListPorts => api::request_plain("list_ports"),
                 Request::ListLeases => api::request_plain("list_leases"),
-                Request::Attach { kind, name } => api::request_attach(*kind, name),
+                Request::Attach {
+                    kind,
+                    name,
+                    mac,
+                    addr,
+                } => api::request_attach(*kind, name, *mac, *addr),
                 Request::SetPolicy { guest, change } => {
                     let mut a = serde_json::Map::new();
                     if let Some(g) = guest {

@@ -202,11 +202,16 @@ pub fn attach_fd(
     watch: Option<&OwnedFd>,
     kind: AttachKind,
     label: &str,
+    identity: (Option<[u8; 6]>, Option<Ipv4Addr>),
 ) -> anyhow::Result<u64> {
     let mut fds = vec![fd.as_fd()];
     fds.extend(watch.map(|w| w.as_fd()));
-    let v = ask(api_path, &api::request_attach(kind, label), &fds)
-        .map_err(|e| anyhow::anyhow!("the network refused the port: {e}"))?;
+    let v = ask(
+        api_path,
+        &api::request_attach(kind, label, identity.0, identity.1),
+        &fds,
+    )
+    .map_err(|e| anyhow::anyhow!("the network refused the port: {e}"))?;
     v.get("port")
         .and_then(Value::as_u64)
         .ok_or_else(|| anyhow::anyhow!("the network's reply names no port: {v}"))
@@ -328,7 +333,15 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
         NetnsTypeArg::Pid => cli.target.parse().ok().and_then(pidfd),
         _ => None,
     };
-    let port = attach_fd(&api_path, &tap.fd, watch.as_ref(), AttachKind::Tap, &label)?;
+    let identity = (Some(tap.mac), cli.address.map(|(a, _)| a));
+    let port = attach_fd(
+        &api_path,
+        &tap.fd,
+        watch.as_ref(),
+        AttachKind::Tap,
+        &label,
+        identity,
+    )?;
     println!("port {port}");
     eprintln!(
         "usernet: {} of {} joined network {} as port {port} (MAC {})",

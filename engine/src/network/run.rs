@@ -788,6 +788,8 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
             watch,
             kind,
             name,
+            mac,
+            addr,
             reply,
         } => {
             let io: Result<Box<dyn Port>, String> = match kind {
@@ -808,6 +810,9 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
             let r = io
                 .and_then(|io| add_device(fabric, reg, now, io, kind, name))
                 .map(|id| {
+                    if mac.is_some() || addr.is_some() {
+                        fabric.configure_identity(id, mac, addr);
+                    }
                     if let Some(w) = watch {
                         let src = &mut SourceFd(&w.as_raw_fd());
                         match reg.register(src, Token(WATCH_BASE + id), Interest::READABLE) {
