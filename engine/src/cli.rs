@@ -67,6 +67,9 @@ pub struct NetArgs {
     /// Write every frame to and from the guest to this file, in pcap format
     #[arg(long = "pcap", value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Do not use TCP segmentation offload toward a TAP guest with a small MTU (virtio-net headers)
+    #[arg(long = "disable-tso")]
+    pub disable_tso: bool,
     /// Log every flow and every dropped frame (debug level)
     #[arg(long)]
     pub debug: bool,

@@ -69,6 +69,13 @@ pub const TX_QUEUE_MIN_FRAMES: usize = 64;
 /// the modified EUI-64 of [`GATEWAY_MAC`].
 pub const GATEWAY_LINK_LOCAL: Ipv6Addr =
     Ipv6Addr::new(0xfe80, 0, 0, 0, 0x5055, 0x0aff, 0xfe00, 0x0202);
+/// Guests with an MTU up to this get TCP segmentation offload toward them: the TAP is
+/// opened with virtio-net headers and smoltcp sends segments of up to 64 KiB, which the
+/// guest's kernel takes as one GSO packet (above it, segments are large already).
+pub const TSO_MAX_GUEST_MTU: u32 = 16384;
+/// The IP MTU smoltcp uses toward a guest with TSO.
+pub const TSO_MTU: usize = 65535;
+
 /// Interval between unsolicited router advertisements.
 pub const RA_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -157,6 +164,9 @@ pub struct Config {
     pub limits: Limits,
     /// DNS relay options.
     pub dns_options: crate::router::dns::DnsOptions,
+    /// The port takes TCP segments up to [`TSO_MTU`] (a TAP with virtio-net headers):
+    /// smoltcp sends 64 KiB segments and the guest's MSS is raised to match.
+    pub tso: bool,
     /// The guest interface was configured by usernet (`--configure`, `usernet run`).
     pub configured: bool,
     /// IP filter rules for guests' new flows (`--filter`), first match wins.
@@ -183,6 +193,7 @@ impl Config {
             host_only: false,
             internal: false,
             filters: Vec::new(),
+            tso: false,
             filter_default: usernet_portfwd::filter::Action::Allow,
             enable_dns: true,
             outbound_addr: None,

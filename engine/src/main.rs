@@ -85,16 +85,18 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
     write_pid_file(&cli.net)?;
     let mut cfg = cfg;
     cfg.configured = cli.configure;
+    cfg.tso = tap.vnet_hdr;
     let cp = control_plane(&cli.net, &cfg)?;
     tracing::info!(
         target = %cli.target, tap = %cli.tap_name, mtu = cfg.mtu,
         network = %format!("{}/{}", cfg.network, cfg.prefix_len), "TAP open"
     );
+    let cfg_mtu = cfg.mtu as usize;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
         cp.poll,
         cfg,
-        wrap_pcap(&cli.net, Box::new(TapPort::new(tap.fd)))?,
+        wrap_pcap(&cli.net, tap_port(tap.fd, tap.vnet_hdr, cfg_mtu))?,
         Some(tap.mac),
         stats.clone(),
         LoopOptions {
@@ -147,8 +149,9 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     let mac = child.tap.mac;
     let mut cfg = cfg;
     cfg.configured = true;
+    cfg.tso = child.tap.vnet_hdr;
     let cp = control_plane(&cli.net, &cfg)?;
-    let port = wrap_pcap(&cli.net, Box::new(TapPort::new(fd)))?;
+    let port = wrap_pcap(&cli.net, tap_port(fd, cfg.tso, cfg.mtu as usize))?;
     child.start()?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
@@ -204,6 +207,7 @@ fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
         gateway: lease.gateway.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
         mtu: lease.mtu,
         mac: Some(mac),
+        vnet_hdr: false,
     };
     let mut child = ns::spawn_run_child(&cli.command, &cli.tap_name, &ifc, resolv.as_deref())?;
     write_pid_file(&cli.net)?;
@@ -234,6 +238,19 @@ fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
         Ok(s) => ExitCode::from(ns::wait_status_code(s).clamp(0, 255) as u8),
         Err(_) => ExitCode::FAILURE,
     })
+}
+
+/// The TAP port, with virtio-net headers (TSO toward the guest) when the TAP has them.
+fn tap_port(
+    fd: std::os::fd::OwnedFd,
+    vnet_hdr: bool,
+    mtu: usize,
+) -> Box<dyn usernet_engine::port::Port> {
+    if vnet_hdr {
+        Box::new(TapPort::with_vnet_hdr(fd, mtu))
+    } else {
+        Box::new(TapPort::new(fd))
+    }
 }
 
 /// Process-wide settings every mode wants, before anything allocates much:

@@ -310,6 +310,7 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
         gateway,
         mtu: cli.mtu,
         mac: cli.macaddress.map(|m| m.0),
+        vnet_hdr: false,
     };
     if cli.address.is_some() && !cli.configure {
         anyhow::bail!("--address is applied by --configure; add --configure");

@@ -77,6 +77,10 @@ pub struct IfConfig {
     pub gateway: Ipv4Addr,
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
+    /// Open the TAP with a virtio-net header on every frame (`IFF_VNET_HDR`), so that
+    /// the engine can write TCP segments larger than the MTU for the kernel to take as
+    /// one GSO packet (TSO toward the guest).
+    pub vnet_hdr: bool,
 }
 
 impl Default for IfConfig {
@@ -90,6 +94,7 @@ impl Default for IfConfig {
             gateway: Ipv4Addr::new(10, 0, 2, 2),
             mtu: 1500,
             mac: None,
+            vnet_hdr: false,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct OpenedTap {
     pub mac: [u8; 6],
     /// The interface index inside its namespace (`None` for `--netns-type=tapfd`).
     pub ifindex: Option<u32>,
+    /// Every read and write carries a virtio-net header (`IfConfig::vnet_hdr`).
+    pub vnet_hdr: bool,
 }
 
 /// Everything that can go wrong here; each message names the value involved.
@@ -277,6 +284,7 @@ pub fn open_tap(target: &TapTarget, cfg: &IfConfig) -> Result<OpenedTap, NsError
                 fd,
                 mac,
                 ifindex: Some(ifindex),
+                vnet_hdr: cfg.vnet_hdr,
             })
         }
         Ok(Received::Report(Report::Ready { .. }, None)) => Err(NsError::HelperFailed {
@@ -510,6 +518,7 @@ fn adopt_tap_fd(target: &TapTarget, cfg: &IfConfig) -> Result<OpenedTap, NsError
         fd: owned,
         mac,
         ifindex: None,
+        vnet_hdr: false,
     })
 }
 

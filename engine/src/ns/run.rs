@@ -198,6 +198,7 @@ pub fn spawn_run_child(
                     fd,
                     mac,
                     ifindex: Some(ifindex),
+                    vnet_hdr: cfg.vnet_hdr,
                 },
                 sock: Some(sock),
                 command,

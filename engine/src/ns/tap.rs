@@ -27,6 +27,7 @@ pub(super) struct TapPlan {
     /// NUL-terminated interface name.
     name: [c_char; libc::IFNAMSIZ],
     conf: Option<ConfPlan>,
+    vnet_hdr: bool,
 }
 
 /// Check a TAP interface name the way the kernel will (`dev_valid_name`), so that the user
@@ -79,7 +80,11 @@ impl TapPlan {
         } else {
             None
         };
-        Ok(TapPlan { name, conf })
+        Ok(TapPlan {
+            name,
+            conf,
+            vnet_hdr: cfg.vnet_hdr,
+        })
     }
 }
 
@@ -220,7 +225,8 @@ pub(super) fn open_and_configure(plan: &TapPlan) -> Result<TapReady, Failure> {
     let fd =
         sys::open(c"/dev/net/tun", libc::O_RDWR | libc::O_NONBLOCK).map_err(fail(Step::OpenTun))?;
     let mut ifr = sys::ifreq_named(&plan.name);
-    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as c_short;
+    let vnet = if plan.vnet_hdr { libc::IFF_VNET_HDR } else { 0 };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | vnet) as c_short;
     // SAFETY: TUNSETIFF reads (and writes back the name into) one `ifreq`.
     unsafe { sys::ioctl_with(fd.as_fd(), libc::TUNSETIFF, &mut ifr) }
         .map_err(fail(Step::CreateTap))?;

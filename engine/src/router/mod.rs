@@ -268,7 +268,12 @@ impl Router {
         guest_mac: Option<[u8; 6]>,
         now: Instant,
     ) -> std::io::Result<Router> {
-        let frame_cap = ETH_HLEN + cfg.mtu as usize;
+        let frame_cap = ETH_HLEN
+            + if cfg.tso {
+                crate::config::TSO_MTU
+            } else {
+                cfg.mtu as usize
+            };
         let max_frames = (TX_QUEUE_BYTES / frame_cap).max(TX_QUEUE_MIN_FRAMES);
         let mut ctx = Ctx {
             txq: TxQueue::new(max_frames, frame_cap),

@@ -214,7 +214,11 @@ impl TcpTable {
     pub fn new(ctx: &mut Ctx, now: Instant) -> TcpTable {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = ctx.cfg.mtu as usize;
+        caps.max_transmission_unit = if ctx.cfg.tso {
+            crate::config::TSO_MTU
+        } else {
+            ctx.cfg.mtu as usize
+        };
         if !ctx.cfg.verify_checksums {
             let mut c = ChecksumCapabilities::ignored();
             c.ipv4 = phy::Checksum::Tx;
@@ -303,6 +307,17 @@ impl TcpTable {
         let key = TcpKey {
             guest: SocketAddr::new(src, seg.src_port()),
             remote: SocketAddr::new(dst, seg.dst_port()),
+        };
+        // With TSO toward the guest, smoltcp may send it segments up to 64 KiB (the
+        // TAP takes them as GSO packets): raise the MSS the guest announced to match.
+        let mut syn_copy = [0u8; MSS_SCRATCH];
+        let ip = if ctx.cfg.tso && seg.syn() {
+            match raise_mss(ip, &mut syn_copy) {
+                Some(n) => &syn_copy[..n],
+                None => ip,
+            }
+        } else {
+            ip
         };
         if let Some(&idx) = self.map.get(&key) {
             let smol_now = ctx.smol_now(now);
@@ -982,10 +997,115 @@ fn send_rst(ctx: &mut Ctx, key: &TcpKey, seg: &TcpPacket<&[u8]>) {
     }
 }
 
+/// Room for a copy of a SYN (IPv6 header, TCP header with the largest options).
+const MSS_SCRATCH: usize = 40 + 60 + 64;
+
+/// Copy a SYN (`ip`: the whole IPv4 or IPv6 packet) into `out` with its MSS option
+/// raised to what a 64 KiB segment allows, fixing the TCP checksum incrementally
+/// (RFC 1624). Returns the copy's length, or `None` when there is no MSS option, the
+/// packet carries data or does not fit.
+pub fn raise_mss(ip: &[u8], out: &mut [u8; MSS_SCRATCH]) -> Option<usize> {
+    let (ip_hl, mss) = match ip.first()? >> 4 {
+        4 => (
+            usize::from(ip[0] & 0x0f) * 4,
+            (crate::config::TSO_MTU - 40) as u16,
+        ),
+        6 => (40, (crate::config::TSO_MTU - 60) as u16),
+        _ => return None,
+    };
+    if ip.len() > out.len() || ip.len() < ip_hl + 20 {
+        return None;
+    }
+    let tcp_hl = usize::from(ip[ip_hl + 12] >> 4) * 4;
+    if tcp_hl < 20 || ip.len() != ip_hl + tcp_hl {
+        return None;
+    }
+    out[..ip.len()].copy_from_slice(ip);
+    let mut i = ip_hl + 20;
+    let end = ip_hl + tcp_hl;
+    while i < end {
+        match out[i] {
+            0 => return None,
+            1 => i += 1,
+            2 if i + 4 <= end && out[i + 1] == 4 => {
+                let old = u16::from_be_bytes([out[i + 2], out[i + 3]]);
+                if old >= mss {
+                    return None;
+                }
+                out[i + 2..i + 4].copy_from_slice(&mss.to_be_bytes());
+                let c = ip_hl + 16;
+                let hc = u16::from_be_bytes([out[c], out[c + 1]]);
+                // HC' = ~(~HC + ~m + m')
+                let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(mss);
+                while sum > 0xffff {
+                    sum = (sum & 0xffff) + (sum >> 16);
+                }
+                out[c..c + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                return Some(ip.len());
+            }
+            _ => {
+                let len = usize::from(*out.get(i + 1)?);
+                if len < 2 {
+                    return None;
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
 fn seed() -> u64 {
     let mut b = [0u8; 8];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = f.read_exact(&mut b);
     }
     u64::from_ne_bytes(b) ^ std::process::id() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn4(opts: &[u8]) -> Vec<u8> {
+        let tcp_hl = 20 + opts.len();
+        let mut p = vec![0u8; 20 + tcp_hl];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + tcp_hl) as u16).to_be_bytes());
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 2, 100]);
+        p[16..20].copy_from_slice(&[10, 0, 2, 2]);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[32] = ((tcp_hl / 4) as u8) << 4;
+        p[33] = 0x02;
+        p[40..40 + opts.len()].copy_from_slice(opts);
+        let c = !smoltcp::wire::checksum::combine(&[
+            crate::frames::pseudo([10, 0, 2, 100].into(), [10, 0, 2, 2].into(), 6, tcp_hl),
+            smoltcp::wire::checksum::data(&p[20..]),
+        ]);
+        p[36..38].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn the_mss_of_a_syn_is_raised_and_its_checksum_stays_valid() {
+        // Linux's SYN options: MSS 1460, SACK permitted, timestamps, NOP, window scale.
+        let opts = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        let syn = syn4(&opts);
+        let mut out = [0u8; MSS_SCRATCH];
+        let n = raise_mss(&syn, &mut out).unwrap();
+        let p = TcpPacket::new_checked(&out[20..n]).unwrap();
+        assert!(p.verify_checksum(
+            &std::net::Ipv4Addr::new(10, 0, 2, 100).into(),
+            &std::net::Ipv4Addr::new(10, 0, 2, 2).into()
+        ));
+        assert_eq!(u16::from_be_bytes([out[42], out[43]]), 65495);
+        // No MSS option, or garbage options: left alone.
+        assert!(raise_mss(&syn4(&[1, 1, 1, 1]), &mut out).is_none());
+        assert!(raise_mss(&syn4(&[2, 0, 0, 0]), &mut out).is_none());
+        assert!(raise_mss(&syn[..30], &mut out).is_none());
+    }
 }
