@@ -466,7 +466,8 @@ fn udp_datagram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
 
 /// `--isolate`: two DHCP guests cannot ping each other nor connect to each other's TCP
 /// server, while both reach 198.51.100.1 (NAT) and the host namespace's 127.0.0.1
-/// (through 10.0.2.2); `list_policy` and `stats` count the isolated frames. `set_policy`
+/// (through 10.0.2.2); nor with each other's MAC in a static neighbour entry (unicast
+/// frames), and `list_policy` and `stats` count those isolated frames. `set_policy`
 /// isolate=false at run time lets them ping and connect.
 #[test]
 fn isolate_keeps_guests_apart() {
@@ -491,8 +492,8 @@ fn isolate_keeps_guests_apart() {
     let gb = Guest::new(Owner::Root);
     let pa = attach_lease(&host, &net, &ga, MA, "isoa", "10.0.2.15");
     let pb = attach_lease(&host, &net, &gb, MB, "isob", "10.0.2.16");
-    let _na = name_server(&ga, NAME_PORT, "isoa");
-    let _nb = name_server(&gb, NAME_PORT, "isob");
+    let na = name_server(&ga, NAME_PORT, "isoa");
+    let nb = name_server(&gb, NAME_PORT, "isob");
 
     // the gateway and the outside work for both.
     let lo = SocketAddr::from((GATEWAY, lo_srv.port()));
@@ -524,20 +525,43 @@ fn isolate_keeps_guests_apart() {
     connect_fails(&ga, to_b, Duration::from_secs(5), "--isolate: TCP a -> b");
     connect_fails(&gb, to_a, Duration::from_secs(5), "--isolate: TCP b -> a");
 
+    // the same with each other's MAC known (static neighbour entries): unicast frames
+    // between them are dropped too, and counted.
+    ga.sh_ok(&format!(
+        "ip neigh replace 10.0.2.16 lladdr {MB} dev tap0 nud permanent"
+    ));
+    gb.sh_ok(&format!(
+        "ip neigh replace 10.0.2.15 lladdr {MA} dev tap0 nud permanent"
+    ));
+    ping_fails(&ga, "10.0.2.16", "--isolate, b's MAC known: a -> b");
+    ping_fails(&gb, "10.0.2.15", "--isolate, a's MAC known: b -> a");
+    connect_fails(
+        &ga,
+        to_b,
+        Duration::from_secs(3),
+        "--isolate, MAC known: TCP a -> b",
+    );
+    assert_eq!(nb.accepted(), 0, "--isolate: b's server was reached");
+    assert_eq!(na.accepted(), 0, "--isolate: a's server was reached");
+
     let pol = list_policy(&net);
     assert_eq!(
         pol.pointer("/network/isolate"),
         Some(&Value::Bool(true)),
         "list_policy .network.isolate with --isolate: {pol:#}"
     );
-    let isolated: u64 = [pa, pb]
-        .iter()
-        .map(|id| jnum(&policy_port(&pol, *id), "/isolated"))
-        .sum();
-    assert!(
-        isolated > 0,
-        "list_policy should count isolated frames on the guests' ports: {pol:#}"
-    );
+    for id in [pa, pb] {
+        let p = policy_port(&pol, id);
+        assert_eq!(
+            p.pointer("/flags/isolate"),
+            Some(&Value::Bool(true)),
+            "port {id}'s flags: {p:#}"
+        );
+        assert!(
+            jnum(&p, "/isolated") > 0,
+            "list_policy should count the isolated frames of port {id}: {pol:#}"
+        );
+    }
     let drops = stats_drop(&net, "guest_isolated");
     assert!(
         drops > 0,
@@ -560,6 +584,9 @@ fn isolate_keeps_guests_apart() {
         Some(&Value::Bool(false)),
         "list_policy after set_policy isolate=false: {pol:#}"
     );
+    // through ARP again, not the static entries.
+    ga.sh_ok("ip neigh del 10.0.2.16 dev tap0");
+    gb.sh_ok("ip neigh del 10.0.2.15 dev tap0");
     ping_ok(&ga, "10.0.2.16", &net, "isolation off: a -> b");
     ping_ok(&gb, "10.0.2.15", &net, "isolation off: b -> a");
     let t = name_via(&ga, to_b)
@@ -695,7 +722,12 @@ fn spoof_scenario(allow_spoofing: bool) {
     let pn = attach_lease(&host, &net, &gn, N_MAC, "neighbour", "10.0.2.16");
     let pa = attach_lease(&host, &net, &ga, A_MAC, "attacker", "10.0.2.17");
 
-    // V knows N and the gateway; N knows V.
+    // V knows N and the gateway; N knows V through a permanent entry, so that N never
+    // sends V an ARP probe (which would refresh V's entry for N and hide a successful
+    // forgery).
+    gn.sh_ok(&format!(
+        "ip neigh replace {V_IP} lladdr {V_MAC} dev tap0 nud permanent"
+    ));
     ping_ok(&gv, "10.0.2.2", &net, "victim -> gateway");
     ping_ok(&gv, "10.0.2.16", &net, "victim -> neighbour");
     ping_ok(&gn, "10.0.2.15", &net, "neighbour -> victim");
@@ -769,7 +801,10 @@ fn spoof_scenario(allow_spoofing: bool) {
     });
     let sent = sent.unwrap_or_else(|e| panic!("the attacker's packet socket on tap0: {e}"));
     assert_eq!(sent, 15, "forged frames written");
-    thread::sleep(Duration::from_secs(1));
+    // V's entries right after the forged ARP (before V sends anything itself).
+    let n_entry = neigh_mac(&gv, "10.0.2.16");
+    let gw_entry = neigh_mac(&gv, "10.0.2.2");
+    thread::sleep(Duration::from_millis(500));
 
     // first frame from V to N after the attack: the switch must still deliver it to N.
     udp_send(&gv, SocketAddr::from((N_IP, SINK_PORT_N)), "v-to-n");
@@ -784,8 +819,6 @@ fn spoof_scenario(allow_spoofing: bool) {
         .iter()
         .filter(|(_, p)| p.starts_with("forged-mac"))
         .collect();
-    let n_entry = neigh_mac(&gv, "10.0.2.16");
-    let gw_entry = neigh_mac(&gv, "10.0.2.2");
     let pol = list_policy(&net);
     let port_a = policy_port(&pol, pa);
 
@@ -1109,7 +1142,8 @@ fn rules_change_at_run_time() {
 
 /// `--guest-policy R=restrict`: guest R (DHCP) reaches neither 198.51.100.1, nor
 /// 10.0.2.2, nor the other guest, nor the DNS relay, but a forward into it works; the
-/// other guest F reaches 198.51.100.1 and resolves through 10.0.2.3.
+/// other guest F reaches 198.51.100.1 and resolves through 10.0.2.3. `set_policy` for R
+/// with restrict=false at run time lets R out.
 #[test]
 fn restrict_guest() {
     const MR: &str = "52:54:00:4e:00:01";
@@ -1123,6 +1157,7 @@ fn restrict_guest() {
     );
     let lo_srv = host.tcp_server("127.0.0.1:0", echo_handler);
     let out_srv = host.tcp_server("198.51.100.1:0", echo_handler);
+    let out_udp = host.udp_echo("198.51.100.1:0");
     let p = free_ports(&host, 1)[0];
     let name = net_name("rs");
     let mut net = Network::start(
@@ -1158,20 +1193,23 @@ fn restrict_guest() {
     assert_eq!(dig.trim(), "192.0.2.10", "unrestricted F: the DNS relay");
     let accepted_out = out_srv.accepted();
 
-    // the restricted one reaches nothing.
+    // the restricted one reaches nothing: new flows of its own are refused (RST, ICMP
+    // administratively prohibited), the other guest is fenced off.
     let t = Duration::from_secs(4);
-    connect_fails(
+    connect_refused(
         &gr,
         SocketAddr::from((HOST_ADDR, out_srv.port())),
-        t,
+        &net,
         "restricted R: TCP to 198.51.100.1",
     );
-    connect_fails(
+    connect_refused(
         &gr,
         SocketAddr::from((GATEWAY, lo_srv.port())),
-        t,
+        &net,
         "restricted R: TCP to 10.0.2.2",
     );
+    udp_prohibited(&gr, out_udp.addr, &net, "restricted R: UDP to 198.51.100.1");
+    assert_eq!(out_udp.count(), 0, "restricted R reached the UDP echo");
     connect_fails(
         &gr,
         SocketAddr::from(([10, 0, 2, 16], NAME_PORT)),
@@ -1227,6 +1265,31 @@ fn restrict_guest() {
         62,
         &net,
         "unrestricted F -> 198.51.100.1 at the end",
+    );
+    udp_echo_ok(
+        &gf,
+        out_udp.addr,
+        &net,
+        "unrestricted F: UDP to 198.51.100.1",
+    );
+
+    // set_policy for R at run time: restrict off, R reaches the outside.
+    api_ok(
+        &net,
+        &format!(r#"{{"execute":"set_policy","arguments":{{"guest":"{MR}","restrict":false}}}}"#),
+    );
+    let pol = list_policy(&net);
+    assert_eq!(
+        policy_port(&pol, pr).pointer("/flags/restrict"),
+        Some(&Value::Bool(false)),
+        "R's port flags after set_policy restrict=false: {pol:#}"
+    );
+    echo_ok(
+        &gr,
+        SocketAddr::from((HOST_ADDR, out_srv.port())),
+        63,
+        &net,
+        "R after set_policy restrict=false -> 198.51.100.1",
     );
     net.assert_alive("at the end");
 }
