@@ -687,6 +687,7 @@ const N_MAC: &str = "52:54:00:5f:00:02";
 const A_MAC: &str = "52:54:00:5f:00:03";
 const V_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 const N_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 17);
 /// V's UDP sink.
 const SINK_PORT: u16 = 9300;
 /// N's UDP sink.
@@ -695,9 +696,10 @@ const SINK_PORT_N: u16 = 9301;
 /// Victim V, neighbour N and attacker A on one nat network (all leased); A forges, from
 /// a packet socket on its own tap0: ARP replies to V and gratuitous ARP claiming N's
 /// address and the gateway's, UDP to V with N's source address (A's MAC), and UDP to V
-/// with N's MAC and address. With anti-spoofing on (the default) nothing forged reaches
-/// V, V's neighbour entries are untouched, the switch still delivers V → N to N, and
-/// A's port counts arp, ipv4_source and mac; with `--allow-spoofing` the forged UDP
+/// with N's MAC and address, and a DHCP server message (UDP source port 67). With
+/// anti-spoofing on (the default) nothing forged reaches V, V's neighbour entries are
+/// untouched, the switch still delivers V → N to N, and A's port counts arp,
+/// ipv4_source, mac and rogue_server; with `--allow-spoofing` the forged UDP
 /// arrives (so the checks are what stop it).
 fn spoof_scenario(allow_spoofing: bool) {
     let host = HostNs::new();
@@ -708,7 +710,7 @@ fn spoof_scenario(allow_spoofing: bool) {
         "--dhcp-host".to_string(),
         format!("{N_MAC},{N_IP}"),
         "--dhcp-host".to_string(),
-        format!("{A_MAC},10.0.2.17"),
+        format!("{A_MAC},{A_IP}"),
     ];
     if allow_spoofing {
         args.push("--allow-spoofing".to_string());
@@ -779,6 +781,17 @@ fn spoof_scenario(allow_spoofing: bool) {
                     (false, 0),
                     &udp_datagram(40000, SINK_PORT, format!("forged-ip-{round}").as_bytes()),
                 ),
+                // a "DHCP server" message (UDP 67 -> 68) from A's own address.
+                ipv4_frame(
+                    BROADCAST,
+                    a,
+                    A_IP,
+                    Ipv4Addr::BROADCAST,
+                    17,
+                    0x7000 + round,
+                    (false, 0),
+                    &udp_datagram(67, 68, b"rogue-dhcp-server"),
+                ),
                 // UDP to V with N's MAC and N's address.
                 ipv4_frame(
                     v,
@@ -800,7 +813,7 @@ fn spoof_scenario(allow_spoofing: bool) {
         Ok(k)
     });
     let sent = sent.unwrap_or_else(|e| panic!("the attacker's packet socket on tap0: {e}"));
-    assert_eq!(sent, 15, "forged frames written");
+    assert_eq!(sent, 18, "forged frames written");
     // V's entries right after the forged ARP (before V sends anything itself).
     let n_entry = neigh_mac(&gv, "10.0.2.16");
     let gw_entry = neigh_mac(&gv, "10.0.2.2");
@@ -873,7 +886,7 @@ fn spoof_scenario(allow_spoofing: bool) {
             sink_n.received(),
             net.log()
         );
-        for k in ["arp", "ipv4_source", "mac"] {
+        for k in ["arp", "ipv4_source", "mac", "rogue_server"] {
             assert!(
                 jnum(&port_a, &format!("/spoofed/{k}")) > 0,
                 "anti-spoofing: the attacker's port {pa} should count spoofed.{k}: {port_a:#}"
