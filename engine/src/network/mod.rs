@@ -540,7 +540,9 @@ impl Fabric {
                     }
                     self.enqueue(k + 1, frame);
                 }
-                if fenced_off && dst[0] & 1 == 0 {
+                // Counted once per frame, broadcasts (ARP) included: what an
+                // operator sees when isolated guests try to talk.
+                if fenced_off {
                     self.isolate_drop(from);
                 }
                 // The router hears broadcasts and multicasts (ARP, DHCP, NDP), never

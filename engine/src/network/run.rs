@@ -918,7 +918,14 @@ pub fn policy_json(fabric: &Fabric) -> serde_json::Value {
             serde_json::json!({
                 "id": k + 1,
                 "mac": p.ident.mac.map(usernet_dhcp::fmt_mac),
-                "addr": p.ident.addr4.map(|a| a.to_string()),
+                "addr": p
+                    .ident
+                    .addr4
+                    .or_else(|| {
+                        let mac = p.ident.mac?;
+                        fabric.router.as_ref()?.leases().into_iter().find(|l| l.mac == mac).map(|l| l.addr)
+                    })
+                    .map(|a| a.to_string()),
                 "flags": flags(&p.flags),
                 "spoofed": spoofed,
                 "isolated": p.isolated,

@@ -268,15 +268,24 @@ impl Router {
         guest_mac: Option<[u8; 6]>,
         now: Instant,
     ) -> std::io::Result<Router> {
-        let frame_cap = ETH_HLEN
-            + if cfg.tso {
-                crate::config::TSO_MTU
-            } else {
-                cfg.mtu as usize
-            };
-        let max_frames = (TX_QUEUE_BYTES / frame_cap).max(TX_QUEUE_MIN_FRAMES);
+        let small_cap = ETH_HLEN + cfg.mtu as usize;
+        let max_frames = (TX_QUEUE_BYTES / small_cap).max(TX_QUEUE_MIN_FRAMES);
+        // With TSO, smoltcp's segments take 64 KiB buffers; a quarter of the queue
+        // stays free for everything else (ARP, DNS, UDP, ICMP).
+        let txq = if cfg.tso {
+            let frame_cap = ETH_HLEN + crate::config::TSO_MTU;
+            TxQueue::with_classes(
+                max_frames,
+                small_cap,
+                frame_cap,
+                TX_QUEUE_BYTES.max(4 * frame_cap),
+                TX_QUEUE_BYTES / 4,
+            )
+        } else {
+            TxQueue::new(max_frames, small_cap)
+        };
         let mut ctx = Ctx {
-            txq: TxQueue::new(max_frames, frame_cap),
+            txq,
             emit: Emitter::new(
                 GATEWAY_MAC,
                 guest_mac.unwrap_or([0xff; 6]),
