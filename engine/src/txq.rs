@@ -218,6 +218,6 @@ mod tests {
             q.pop_front();
         }
         assert!(q.has_room());
-        assert_eq!(q.room(), ((1 << 20) / 1514).min(1024));
+        assert_eq!(q.room(), (1 << 20) / 1514);
     }
 }
