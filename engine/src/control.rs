@@ -89,6 +89,13 @@ pub enum Command {
         /// Done, or why not.
         reply: SyncSender<Result<Value, String>>,
     },
+    /// Remove a port of a network (`detach`).
+    Detach {
+        /// The port's id.
+        port: u32,
+        /// Done, or why not.
+        reply: SyncSender<Result<Value, String>>,
+    },
     /// Replace filter rules (`set_filters`).
     SetFilters {
         /// The guest, or the whole network.
@@ -382,6 +389,11 @@ fn handle(req: Request, fds: Vec<std::os::fd::OwnedFd>, rules: &Rules, ctl: &Con
                 None => late(),
             }
         }
+        Request::Detach { port } => match ask(ctl, |reply| Command::Detach { port, reply }) {
+            Some(Ok(v)) => api::reply_stats(&v),
+            Some(Err(e)) => api::reply_error(&format!("detach: {e}")),
+            None => late(),
+        },
         Request::SetPolicy { guest, change } => {
             match ask(ctl, |reply| Command::SetPolicy {
                 guest,

@@ -334,7 +334,9 @@ fn apply(router: &mut Router, stats: &Stats, c: Command) {
             router.ctx.policy.set_network(rules, default);
             let _ = reply.try_send(Ok(router.ctx.policy.to_json()));
         }
-        Command::SetFilters { reply, .. } | Command::SetPolicy { reply, .. } => {
+        Command::SetFilters { reply, .. }
+        | Command::SetPolicy { reply, .. }
+        | Command::Detach { reply, .. } => {
             let _ = reply.try_send(Err(
                 "per-guest settings and isolation work on networks (usernet network NAME)".into(),
             ));

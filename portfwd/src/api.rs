@@ -204,6 +204,11 @@ pub enum Request {
     },
     /// `list_policy` (usernet extension): flags, rules and their counters.
     ListPolicy,
+    /// `detach` (usernet extension, networks): remove port `port` (its device closes).
+    Detach {
+        /// The id `attach` returned.
+        port: u32,
+    },
     /// `request_lease` (usernet extension): lease an address to `mac` without a DHCP
     /// exchange, for a guest configured statically from it.
     RequestLease {
@@ -419,6 +424,14 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, ApiError> {
             })
         }
         "list_policy" => Ok(Request::ListPolicy),
+        "detach" => {
+            let port = whole_number(args.and_then(|a| a.get("port")), 1, u64::from(u32::MAX))
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| {
+                    ApiError::BadArgument("arguments.port must be a port id (1 or more)".into())
+                })?;
+            Ok(Request::Detach { port })
+        }
         "set_policy" => {
             let guest = guest_ref(args)?;
             let flag = |k: &str| -> Result<Option<bool>, ApiError> {

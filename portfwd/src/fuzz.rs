@@ -137,6 +137,11 @@ pub fn api_request(data: &[u8]) {
                     .into_bytes()
                 }
                 Request::ListPolicy => api::request_plain("list_policy"),
+                Request::Detach { port } => {
+                    serde_json::json!({"execute": "detach", "arguments": {"port": port}})
+                        .to_string()
+                        .into_bytes()
+                }
                 Request::RequestLease { mac, hostname } => {
                     api::request_lease(*mac, hostname.as_deref())
                 }

@@ -1287,3 +1287,72 @@ fn list_shows_ports_leases_forwards() {
     }
     net.assert_alive("at the end");
 }
+
+/// A namespace named by path has no process to watch: its port stays until it is
+/// detached through the API (`usernet network NAME --detach ID`), which closes its TAP
+/// (the interface disappears from the namespace).
+#[test]
+fn detach_removes_a_port_named_by_path() {
+    let host = HostNs::new();
+    let name = net_name("detach");
+    let net = Network::start(&host, &name, &[]);
+    let ns = format!("un-d-{}", unique_id());
+    run_ok(Command::new("ip").args(["netns", "add", &ns]));
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _del = DelNs(ns.clone());
+    let path = format!("/run/netns/{ns}");
+    let mut c = Command::new(engine_bin());
+    c.args(["attach", "--runtime-dir"])
+        .arg(&net.runtime_dir)
+        .args([&name, &path, "tap0", "--netns-type", "path", "--configure"]);
+    let out = run_timeout(&mut c, Duration::from_secs(20));
+    assert!(out.status.success(), "attach by path failed: {out:?}");
+    let port = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no \"port N\" in {out:?}"));
+    let ids = |v: &[Value]| -> Vec<u64> { v.iter().filter_map(|p| p["id"].as_u64()).collect() };
+    assert!(ids(&net.list_array("ports")).contains(&port));
+    let link = |ns: &str| {
+        Command::new("ip")
+            .args(["-n", ns, "link", "show", "tap0"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(link(&ns), "tap0 should exist in {ns}");
+    let mut d = Command::new(engine_bin());
+    d.args([
+        "network",
+        &name,
+        "--detach",
+        &port.to_string(),
+        "--runtime-dir",
+    ])
+    .arg(&net.runtime_dir);
+    let out = run_timeout(&mut d, Duration::from_secs(20));
+    assert!(out.status.success(), "--detach failed: {out:?}");
+    assert!(
+        !ids(&net.list_array("ports")).contains(&port),
+        "port {port} still listed"
+    );
+    // The network held the only fd of the (non-persistent) TAP: the interface is gone.
+    let t0 = Instant::now();
+    while link(&ns) && t0.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!link(&ns), "tap0 still exists in {ns} after --detach");
+    // Detaching it again names the problem.
+    let out = run_timeout(&mut d, Duration::from_secs(20));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("no port {port}")),
+        "{out:?}"
+    );
+}

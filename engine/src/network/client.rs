@@ -354,6 +354,24 @@ pub fn cmd_attach(cli: AttachCli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `usernet network NAME --detach PORT`.
+pub fn detach(dir: &Path, name: &str, port: u32) -> anyhow::Result<ExitCode> {
+    let api_path = dir.join("api.sock");
+    if let Err(e) = probe(&api_path) {
+        if denied(&e) {
+            return Err(not_yours(name, dir, &e));
+        }
+        anyhow::bail!(
+            "network {name} is not running (no server on {}: {e})",
+            api_path.display()
+        );
+    }
+    let req = serde_json::json!({"execute": "detach", "arguments": {"port": port}}).to_string();
+    ask(&api_path, req.as_bytes(), &[])?;
+    eprintln!("usernet: port {port} left network {name}");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `usernet network NAME --list`.
 pub fn list(dir: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     let api_path = dir.join("api.sock");

@@ -94,6 +94,9 @@ pub struct NetworkCli {
     /// Settings for one guest: GUEST=FLAG[,FLAG...] with GUEST a MAC or IPv4 address and FLAG one of isolate, no-isolate, block-host, no-block-host, restrict, no-restrict, allow-spoofing, no-allow-spoofing (repeatable)
     #[arg(long = "guest-policy", value_name = "GUEST=FLAGS", value_parser = parse_guest_policy)]
     pub guest_policy: Vec<(super::GuestKey, super::guard::Overrides)>,
+    /// Remove port ID from a running network (its TAP or connection closes), then exit
+    #[arg(long, value_name = "ID")]
+    pub detach: Option<u32>,
     /// Print a running network's ports, leases and forwards, then exit
     #[arg(long)]
     pub list: bool,
@@ -223,6 +226,9 @@ pub fn cmd_network(cli: NetworkCli) -> anyhow::Result<ExitCode> {
     let dir = network_dir(&base, &cli.name)?;
     if cli.list {
         return super::client::list(&dir, &cli.name, cli.json);
+    }
+    if let Some(port) = cli.detach {
+        return super::client::detach(&dir, &cli.name, port);
     }
     if cli.net.api_socket.is_some() {
         anyhow::bail!(
@@ -826,6 +832,16 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
                     }
                     serde_json::json!({ "port": id })
                 });
+            let _ = reply.try_send(r);
+        }
+        Command::Detach { port, reply } => {
+            let id = port as usize;
+            let r = if fabric.port(id).is_some() {
+                remove_device(fabric, reg, id, "detached through the API");
+                Ok(serde_json::json!({}))
+            } else {
+                Err(format!("no port {port} on this network (see list_ports)"))
+            };
             let _ = reply.try_send(r);
         }
         Command::SetPolicy {
