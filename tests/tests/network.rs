@@ -1356,3 +1356,76 @@ fn detach_removes_a_port_named_by_path() {
         "{out:?}"
     );
 }
+
+/// A network confined as the other modes are (`--enable-sandbox --enable-seccomp`):
+/// DHCP, DNS, TCP to the host's loopback and to the outside, ICMP, a forward in, a
+/// QEMU-style stream connection and a second attach all still work.
+#[test]
+fn sandboxed_network_serves_its_guests() {
+    require_tool("dig");
+    let host = HostNs::new();
+    let _dns = Dnsmasq::start(
+        &host,
+        Ipv4Addr::LOCALHOST,
+        &["--address=/www.test.example/192.0.2.10".to_string()],
+    );
+    let lo_srv = host.tcp_server("127.0.0.1:0", echo_handler);
+    let out_srv = host.tcp_server("198.51.100.1:0", echo_handler);
+    let fwd_port = free_ports(&host, 1)[0];
+    let name = net_name("sbx");
+    let mut net = Network::start(
+        &host,
+        &name,
+        &[
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "-p",
+            &format!("127.0.0.1:{fwd_port}:52-54-00-dd-00-01:{NAME_PORT}"),
+        ],
+    );
+    let a = Guest::new(Owner::Root);
+    let b = Guest::new(Owner::Root);
+    net.attach(
+        &host,
+        &a,
+        &["--configure", "--macaddress", "52:54:00:dd:00:01"],
+    );
+    net.attach(&host, &b, &["--configure"]);
+    let la = guest_udhcpc(&a, &host.dir, "sa", &[]);
+    let lb = guest_udhcpc(&b, &host.dir, "sb", &[]);
+    assert!(in_pool(&la["ip"]) && in_pool(&lb["ip"]) && la["ip"] != lb["ip"]);
+    for (g, seed) in [(&a, 61), (&b, 62)] {
+        echo_via(
+            g,
+            SocketAddr::from((GATEWAY, lo_srv.port())),
+            seed,
+            128 * 1024,
+        )
+        .unwrap_or_else(|e| panic!("sandboxed: loopback via the gateway: {e}\n{}", net.log()));
+        echo_via(
+            g,
+            SocketAddr::from((HOST_ADDR, out_srv.port())),
+            seed,
+            128 * 1024,
+        )
+        .unwrap_or_else(|e| panic!("sandboxed: the outside: {e}\n{}", net.log()));
+        ping_ok(g, "10.0.2.2", &net, "sandboxed: ping the gateway");
+    }
+    ping_ok(&a, &lb["ip"], &net, "sandboxed: a -> b");
+    let dig = b.sh_ok("dig +time=3 +tries=2 +short @10.0.2.3 www.test.example A");
+    assert_eq!(dig.trim(), "192.0.2.10", "sandboxed: the DNS relay");
+    let _srv = name_server(&a, NAME_PORT, "sandboxed-a");
+    via_forward(&host, fwd_port, "sandboxed-a", &net);
+    // A stream connection (what QEMU opens) becomes a port too.
+    let s = host.run(|| std::os::unix::net::UnixStream::connect(net.stream_sock()));
+    let s = s.unwrap_or_else(|e| panic!("connect to the stream socket: {e}"));
+    let t0 = Instant::now();
+    while ports_of_kind(&net.list_array("ports"), "stream").is_empty()
+        && t0.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ports_of_kind(&net.list_array("ports"), "stream").len(), 1);
+    drop(s);
+    net.assert_alive("after every service was used under seccomp");
+}
