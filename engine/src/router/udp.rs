@@ -32,6 +32,9 @@ use crate::stats::{DropReason, FlowKind};
 
 /// Largest UDP payload read from a host socket.
 const RECV_BUF: usize = 65536;
+/// Datagrams read from a host socket per `recvmmsg` call. A call that returns fewer
+/// emptied the socket, which saves the `EAGAIN` read an edge-triggered loop would need.
+pub const RECV_BATCH: usize = 8;
 /// A mapping used within this long is skipped once by the eviction clock.
 const RECENT: Duration = Duration::from_secs(10);
 /// Skips the eviction clock may make before it evicts regardless.
@@ -314,8 +317,8 @@ impl UdpTable {
 
     fn pump(&mut self, ctx: &mut Ctx, now: Instant, idx: usize) {
         let need = frames_per_datagram(ctx.cfg.mtu as usize);
-        if self.buf.len() < RECV_BUF {
-            self.buf.resize(RECV_BUF, 0);
+        if self.buf.len() < RECV_BUF * RECV_BATCH {
+            self.buf.resize(RECV_BUF * RECV_BATCH, 0);
         }
         // A receive error means an ICMP error is queued: relay it and read on (bounded).
         for _ in 0..4 {
@@ -324,22 +327,32 @@ impl UdpTable {
             };
             let mut failed = false;
             while m.readable {
-                if ctx.txq.room() < need {
+                let vlen = (ctx.txq.room() / need.max(1)).min(RECV_BATCH);
+                if vlen == 0 {
                     if !m.blocked {
                         m.blocked = true;
                         self.blocked.push(idx);
                     }
                     return;
                 }
-                match m.sock.recv_from(&mut self.buf) {
-                    Ok((n, from)) => {
+                let mut got = [(0usize, None::<SocketAddr>); RECV_BATCH];
+                match recv_batch(m.sock.as_raw_fd(), &mut self.buf, &mut got[..vlen]) {
+                    Ok(k) => {
                         m.last_active = now;
-                        let Some(src) = nat::to_guest(&ctx.cfg, m.guest.is_ipv6(), from) else {
-                            ctx.drop(DropReason::Ipv4BadSource);
-                            continue;
-                        };
-                        if !ctx.emit.udp(&mut ctx.txq, src, m.guest, &self.buf[..n]) {
-                            ctx.drop(DropReason::TxQueueFull);
+                        for (i, &(n, from)) in got[..k].iter().enumerate() {
+                            let Some(from) = from else { continue };
+                            let Some(src) = nat::to_guest(&ctx.cfg, m.guest.is_ipv6(), from) else {
+                                ctx.drop(DropReason::Ipv4BadSource);
+                                continue;
+                            };
+                            let data = &self.buf[i * RECV_BUF..i * RECV_BUF + n];
+                            if !ctx.emit.udp(&mut ctx.txq, src, m.guest, data) {
+                                ctx.drop(DropReason::TxQueueFull);
+                            }
+                        }
+                        if k < vlen {
+                            // Fewer than asked for: the socket is empty now.
+                            m.readable = false;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => m.readable = false,
@@ -510,6 +523,82 @@ fn quote_udp(guest: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 /// ICMP (v4) or ICMPv6 port unreachable from `from` to the guest, quoting `ip`.
+/// Read up to `out.len()` datagrams from `fd` (nonblocking) into consecutive
+/// [`RECV_BUF`]-byte slots of `buf` with one `recvmmsg`; `out[i]` gets datagram `i`'s
+/// length and source. Returns how many arrived.
+pub fn recv_batch(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    out: &mut [(usize, Option<SocketAddr>)],
+) -> io::Result<usize> {
+    let n = out.len().min(RECV_BATCH).min(buf.len() / RECV_BUF);
+    // SAFETY: all-zero is a valid value for these plain C structs.
+    let mut addrs: [libc::sockaddr_storage; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [libc::iovec; RECV_BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; RECV_BATCH];
+    // SAFETY: as above.
+    let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, chunk) in buf.chunks_exact_mut(RECV_BUF).take(n).enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: RECV_BUF,
+        };
+        hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+        hdrs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+        hdrs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: the first `n` headers point at `n` live iovecs over disjoint RECV_BUF-byte
+    // chunks of `buf` and at `n` sockaddr_storage slots, all of which outlive the call;
+    // the kernel writes at most those lengths.
+    let r = unsafe {
+        libc::recvmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            n as u32,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let k = r as usize;
+    for i in 0..k {
+        let len = hdrs[i].msg_len as usize;
+        out[i] = (len.min(RECV_BUF), storage_addr(&addrs[i]));
+    }
+    Ok(k)
+}
+
+/// The IPv4 or IPv6 address the kernel wrote into a `sockaddr_storage`.
+fn storage_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is
+            // large and aligned enough for.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Answer a datagram the flow policy refused: ICMP administratively prohibited.
 pub fn admin_prohibited(ctx: &mut Ctx, from: IpAddr, guest: IpAddr, ip: &[u8]) {
     let kind = crate::frames::IcmpError::AdminProhibited;
