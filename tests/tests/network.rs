@@ -1429,3 +1429,70 @@ fn sandboxed_network_serves_its_guests() {
     drop(s);
     net.assert_alive("after every service was used under seccomp");
 }
+
+/// IPv6 on a network (`-6`): each guest configures itself by SLAAC from the shared
+/// router's advertisements, the guests reach each other's global addresses, and both
+/// reach the host's loopback through fd00::2.
+#[test]
+fn ipv6_guests_on_a_network() {
+    let host = HostNs::new();
+    let lo6 = host.run(|| TcpListener::bind("[::1]:0"));
+    let lo6 = lo6.unwrap_or_else(|e| panic!("bind [::1]:0 in the host namespace: {e}"));
+    let lo6_port = lo6.local_addr().map(|a| a.port()).unwrap_or(0);
+    let _srv = TcpServer::start(lo6, echo_handler);
+    let name = net_name("v6");
+    let net = Network::start(&host, &name, &["-6"]);
+    let guests = [Guest::new(Owner::Root), Guest::new(Owner::Root)];
+    for g in &guests {
+        g.sh_ok("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
+        net.attach(&host, g, &["--configure"]);
+    }
+    let global = |g: &Guest| -> Option<String> {
+        let out = g.sh("ip -6 -br addr show dev tap0 scope global");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.starts_with("fd00::"))
+            .map(|w| w.split('/').next().unwrap_or(w).to_string())
+    };
+    let t0 = Instant::now();
+    let mut addrs = Vec::new();
+    while t0.elapsed() < Duration::from_secs(15) {
+        addrs = guests.iter().filter_map(global).collect();
+        if addrs.len() == 2 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        addrs.len(),
+        2,
+        "SLAAC addresses on both guests: {addrs:?}\n{}",
+        net.log()
+    );
+    assert_ne!(addrs[0], addrs[1]);
+    let ping = guests[0].sh(&format!("ping -6 -c1 -W3 {}", addrs[1]));
+    assert!(
+        ping.status.success(),
+        "a -> b over IPv6: {}",
+        out_text(&ping)
+    );
+    for (i, g) in guests.iter().enumerate() {
+        let to: SocketAddr = format!("[fd00::2]:{lo6_port}")
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        echo_via(g, to, 70 + i as u64, 64 * 1024).unwrap_or_else(|e| {
+            panic!(
+                "guest {i}: the host's ::1 through fd00::2: {e}\n{}",
+                net.log()
+            )
+        });
+    }
+    // Nobody was taken for a spoofer on the way.
+    for p in net.api_array("list_policy", "ports") {
+        let spoofed: u64 = p["spoofed"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        assert_eq!(spoofed, 0, "{p}");
+    }
+}
