@@ -1958,3 +1958,149 @@ pub fn guest_udhcpc(
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// helpers shared by the tests of networks of guests (network.rs, isolation.rs)
+// ---------------------------------------------------------------------------------------
+
+/// A network name unique to this test run.
+pub fn net_name(tag: &str) -> String {
+    format!("{tag}-{}", unique_id())
+}
+
+/// Standard output and error of a finished command, as text.
+pub fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `ping -c1 -W2 ADDR` from `g` succeeds (up to 3 tries: the first may wait for ARP).
+pub fn ping_ok(g: &Guest, addr: &str, net: &Network, what: &str) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let o = g.sh(&format!("ping -c1 -W2 {addr}"));
+        if o.status.success() {
+            return;
+        }
+        last = out_text(&o);
+    }
+    panic!(
+        "{what}: ping {addr} failed three times: {last}\nnetwork output: {}",
+        net.log()
+    );
+}
+
+/// `ping -c2 -W2 ADDR` from `g` gets no reply.
+pub fn ping_fails(g: &Guest, addr: &str, what: &str) {
+    let o = g.sh(&format!("ping -c2 -W2 {addr}"));
+    assert!(
+        !o.status.success(),
+        "{what}: ping {addr} should get no reply: {}",
+        out_text(&o)
+    );
+}
+
+/// A TCP server in `g` on 0.0.0.0:`port` that says `name` and closes.
+pub fn name_server(g: &Guest, port: u16, name: &str) -> TcpServer {
+    let l: TcpListener = g.run(|| {
+        TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"))
+    });
+    let msg = format!("{name}\n");
+    TcpServer::start(l, move |mut s: TcpStream| {
+        let _ = s.write_all(msg.as_bytes());
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    })
+}
+
+/// `len` pattern bytes from `g` to an echo server at `addr` and back; Err says what
+/// differed.
+pub fn echo_via(g: &Guest, addr: SocketAddr, seed: u64, len: usize) -> Result<(), String> {
+    let data = pattern(seed, len);
+    let got = g.run(|| -> io::Result<Vec<u8>> {
+        let mut s = connect_tcp(addr, Duration::from_secs(5))?;
+        let mut w = s.try_clone()?;
+        thread::scope(|sc| {
+            let writer = sc.spawn(|| {
+                let r = w.write_all(&data);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                r
+            });
+            let (got, err) = read_to_end_result(&mut s);
+            writer
+                .join()
+                .map_err(|_| io::Error::other("writer panicked"))??;
+            match err {
+                Some(e) => Err(e),
+                None => Ok(got),
+            }
+        })
+    });
+    match got {
+        Err(e) => Err(format!("{addr}: {e}")),
+        Ok(b) if b.len() != data.len() => Err(format!(
+            "{addr}: echoed {} bytes, sent {}",
+            b.len(),
+            data.len()
+        )),
+        Ok(b) if sha256_hex(&b) != sha256_hex(&data) => Err(format!("{addr}: content differs")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A TCP connect from `g` to `addr` fails within `timeout`; returns the error.
+pub fn connect_fails(g: &Guest, addr: SocketAddr, timeout: Duration, what: &str) -> io::Error {
+    let start = Instant::now();
+    let r = g.run(|| TcpStream::connect_timeout(&addr, timeout));
+    match r {
+        Ok(s) => panic!(
+            "{what}: a TCP connect to {addr} should fail, it succeeded ({:?} -> {:?})",
+            s.local_addr(),
+            s.peer_addr()
+        ),
+        Err(e) => {
+            assert!(
+                start.elapsed() < timeout + Duration::from_secs(2),
+                "{what}: connect to {addr} took {:?}",
+                start.elapsed()
+            );
+            e
+        }
+    }
+}
+
+/// What a forward at 127.0.0.1:`port` of the host namespace answers (a [`name_server`]);
+/// retried for up to 10 s.
+pub fn via_forward(host: &HostNs, port: u16, want: &str, net: &Network) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let r = host.run(|| -> io::Result<String> {
+            let mut s = connect_tcp(addr, Duration::from_secs(3))?;
+            let mut t = String::new();
+            s.read_to_string(&mut t)?;
+            Ok(t.trim().to_string())
+        });
+        match r {
+            Ok(t) if t == want => return,
+            Ok(t) => last = format!("answered {t:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "the forward 127.0.0.1:{port} should reach {want:?}: {last}\nnetwork output: {}",
+        net.log()
+    );
+}
+
+/// `n` distinct free TCP ports on the host namespace's 127.0.0.1.
+pub fn free_ports(host: &HostNs, n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n).map(|_| host.tcp_listener("127.0.0.1:0")).collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}

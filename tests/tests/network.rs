@@ -28,48 +28,9 @@ const NAME_PORT: u16 = 8080;
 /// The port of the guests' sha256 sinks.
 const SHA_PORT: u16 = 9100;
 
-/// A network name unique to this test run.
-fn net_name(tag: &str) -> String {
-    format!("{tag}-{}", unique_id())
-}
-
 // ---------------------------------------------------------------------------------------
 // helpers: guests
 // ---------------------------------------------------------------------------------------
-
-fn out_text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// `ping -c1 -W2 ADDR` from `g` succeeds (up to 3 tries: the first may wait for ARP).
-fn ping_ok(g: &Guest, addr: &str, net: &Network, what: &str) {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let o = g.sh(&format!("ping -c1 -W2 {addr}"));
-        if o.status.success() {
-            return;
-        }
-        last = out_text(&o);
-    }
-    panic!(
-        "{what}: ping {addr} failed three times: {last}\nnetwork output: {}",
-        net.log()
-    );
-}
-
-/// `ping -c2 -W2 ADDR` from `g` gets no reply.
-fn ping_fails(g: &Guest, addr: &str, what: &str) {
-    let o = g.sh(&format!("ping -c2 -W2 {addr}"));
-    assert!(
-        !o.status.success(),
-        "{what}: ping {addr} should get no reply: {}",
-        out_text(&o)
-    );
-}
 
 /// The IPv4 addresses ("A/LEN") on the guest's tap0.
 fn tap_addrs(g: &Guest) -> Vec<String> {
@@ -90,18 +51,6 @@ fn tap_mac(g: &Guest) -> String {
         .nth(2)
         .unwrap_or_default()
         .to_lowercase()
-}
-
-/// A TCP server in `g` on 0.0.0.0:`port` that says `name` and closes.
-fn name_server(g: &Guest, port: u16, name: &str) -> TcpServer {
-    let l: TcpListener = g.run(|| {
-        TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind {port}: {e}"))
-    });
-    let msg = format!("{name}\n");
-    TcpServer::start(l, move |mut s: TcpStream| {
-        let _ = s.write_all(msg.as_bytes());
-        let _ = s.shutdown(std::net::Shutdown::Write);
-    })
 }
 
 /// A TCP server in `g` on 0.0.0.0:`port` that reads to EOF and answers "LEN SHA256".
@@ -130,96 +79,6 @@ fn send_for_sha(g: &Guest, to: SocketAddr, data: &[u8]) -> io::Result<String> {
         s.read_to_string(&mut ans)?;
         Ok(ans.trim().to_string())
     })
-}
-
-/// `len` pattern bytes from `g` to an echo server at `addr` and back; Err says what
-/// differed.
-fn echo_via(g: &Guest, addr: SocketAddr, seed: u64, len: usize) -> Result<(), String> {
-    let data = pattern(seed, len);
-    let got = g.run(|| -> io::Result<Vec<u8>> {
-        let mut s = connect_tcp(addr, Duration::from_secs(5))?;
-        let mut w = s.try_clone()?;
-        thread::scope(|sc| {
-            let writer = sc.spawn(|| {
-                let r = w.write_all(&data);
-                let _ = w.shutdown(std::net::Shutdown::Write);
-                r
-            });
-            let (got, err) = read_to_end_result(&mut s);
-            writer
-                .join()
-                .map_err(|_| io::Error::other("writer panicked"))??;
-            match err {
-                Some(e) => Err(e),
-                None => Ok(got),
-            }
-        })
-    });
-    match got {
-        Err(e) => Err(format!("{addr}: {e}")),
-        Ok(b) if b.len() != data.len() => Err(format!(
-            "{addr}: echoed {} bytes, sent {}",
-            b.len(),
-            data.len()
-        )),
-        Ok(b) if sha256_hex(&b) != sha256_hex(&data) => Err(format!("{addr}: content differs")),
-        Ok(_) => Ok(()),
-    }
-}
-
-/// A TCP connect from `g` to `addr` fails within `timeout`; returns the error.
-fn connect_fails(g: &Guest, addr: SocketAddr, timeout: Duration, what: &str) -> io::Error {
-    let start = Instant::now();
-    let r = g.run(|| TcpStream::connect_timeout(&addr, timeout));
-    match r {
-        Ok(s) => panic!(
-            "{what}: a TCP connect to {addr} should fail, it succeeded ({:?} -> {:?})",
-            s.local_addr(),
-            s.peer_addr()
-        ),
-        Err(e) => {
-            assert!(
-                start.elapsed() < timeout + Duration::from_secs(2),
-                "{what}: connect to {addr} took {:?}",
-                start.elapsed()
-            );
-            e
-        }
-    }
-}
-
-/// What a forward at 127.0.0.1:`port` of the host namespace answers (a [`name_server`]);
-/// retried for up to 10 s.
-fn via_forward(host: &HostNs, port: u16, want: &str, net: &Network) {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        let r = host.run(|| -> io::Result<String> {
-            let mut s = connect_tcp(addr, Duration::from_secs(3))?;
-            let mut t = String::new();
-            s.read_to_string(&mut t)?;
-            Ok(t.trim().to_string())
-        });
-        match r {
-            Ok(t) if t == want => return,
-            Ok(t) => last = format!("answered {t:?}"),
-            Err(e) => last = e.to_string(),
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    panic!(
-        "the forward 127.0.0.1:{port} should reach {want:?}: {last}\nnetwork output: {}",
-        net.log()
-    );
-}
-
-/// `n` distinct free TCP ports on the host namespace's 127.0.0.1.
-fn free_ports(host: &HostNs, n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n).map(|_| host.tcp_listener("127.0.0.1:0")).collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
