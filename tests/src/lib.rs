@@ -2104,3 +2104,63 @@ pub fn free_ports(host: &HostNs, n: usize) -> Vec<u16> {
         .map(|l| l.local_addr().expect("local_addr").port())
         .collect()
 }
+
+/// The kernel and initramfs of `tests/vm/build-initramfs.sh`.
+pub struct VmImage {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("workspace root");
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if PathBuf::from(&t).is_absolute() => PathBuf::from(t),
+        Some(t) => root.join(t),
+        None => root.join("target"),
+    }
+}
+
+/// Builds (or reuses, under `target/vm`) the VM image once per test process; fails
+/// naming what is missing.
+pub fn vm_image() -> &'static VmImage {
+    static IMAGE: std::sync::OnceLock<VmImage> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        require_root();
+        for t in [
+            "qemu-system-x86_64",
+            "apt-get",
+            "dpkg-deb",
+            "gzip",
+            "flock",
+            "dnsmasq",
+        ] {
+            require_tool(t);
+        }
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vm/build-initramfs.sh");
+        let out = run_timeout(
+            Command::new("bash")
+                .arg(&script)
+                .arg(target_dir().join("vm")),
+            Duration::from_secs(600),
+        );
+        assert!(
+            out.status.success(),
+            "prerequisite missing: {} could not build the VM image ({}):\n{}",
+            script.display(),
+            out.status,
+            out_text(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines().filter(|l| !l.trim().is_empty());
+        let kernel = PathBuf::from(lines.next().expect("kernel path").trim());
+        let initrd = PathBuf::from(lines.next().expect("initrd path").trim());
+        assert!(kernel.is_file() && initrd.is_file(), "{stdout}");
+        VmImage { kernel, initrd }
+    })
+}

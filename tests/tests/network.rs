@@ -14,9 +14,8 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 use usernet_tests::*;
@@ -285,54 +284,6 @@ const VM_ECHO_PORT: u16 = 7000;
 const VM_BLOB_LEN: usize = 512 * 1024;
 /// Boot to "USERNET-READY" under TCG.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(150);
-
-struct Image {
-    kernel: PathBuf,
-    initrd: PathBuf,
-}
-
-fn target_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .expect("workspace root");
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) if PathBuf::from(&t).is_absolute() => PathBuf::from(t),
-        Some(t) => root.join(t),
-        None => root.join("target"),
-    }
-}
-
-/// The kernel + initramfs of `tests/vm/build-initramfs.sh` (built or reused).
-fn vm_image() -> &'static Image {
-    static IMAGE: OnceLock<Image> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        require_root();
-        for t in ["qemu-system-x86_64", "apt-get", "dpkg-deb", "gzip", "flock"] {
-            require_tool(t);
-        }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vm/build-initramfs.sh");
-        let out = run_timeout(
-            Command::new("bash")
-                .arg(&script)
-                .arg(target_dir().join("vm")),
-            Duration::from_secs(600),
-        );
-        assert!(
-            out.status.success(),
-            "prerequisite missing: {} could not build the VM image ({}):\n{}",
-            script.display(),
-            out.status,
-            out_text(&out)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lines = stdout.lines().filter(|l| !l.trim().is_empty());
-        let kernel = PathBuf::from(lines.next().expect("kernel path").trim());
-        let initrd = PathBuf::from(lines.next().expect("initrd path").trim());
-        assert!(kernel.is_file() && initrd.is_file(), "{stdout}");
-        Image { kernel, initrd }
-    })
-}
 
 /// A QEMU guest (killed on drop) whose /init reports "USERNET-..." lines on its console.
 struct Vm {

@@ -20,9 +20,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -45,61 +45,6 @@ static VM_LOCK: Mutex<()> = Mutex::new(());
 
 fn one_vm_at_a_time() -> MutexGuard<'static, ()> {
     VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-struct Image {
-    kernel: PathBuf,
-    initrd: PathBuf,
-}
-
-fn target_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .expect("workspace root");
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) if PathBuf::from(&t).is_absolute() => PathBuf::from(t),
-        Some(t) => root.join(t),
-        None => root.join("target"),
-    }
-}
-
-/// Builds (or reuses) the kernel + initramfs; fails naming what is missing.
-fn image() -> &'static Image {
-    static IMAGE: OnceLock<Image> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        require_root();
-        for t in [
-            "qemu-system-x86_64",
-            "apt-get",
-            "dpkg-deb",
-            "gzip",
-            "flock",
-            "dnsmasq",
-        ] {
-            require_tool(t);
-        }
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vm/build-initramfs.sh");
-        let out_dir = target_dir().join("vm");
-        let out = run_timeout(
-            Command::new("bash").arg(&script).arg(&out_dir),
-            Duration::from_secs(600),
-        );
-        assert!(
-            out.status.success(),
-            "prerequisite missing: {} could not build the VM image ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut lines = stdout.lines().filter(|l| !l.trim().is_empty());
-        let kernel = PathBuf::from(lines.next().expect("kernel path").trim());
-        let initrd = PathBuf::from(lines.next().expect("initrd path").trim());
-        assert!(kernel.is_file() && initrd.is_file(), "{stdout}");
-        Image { kernel, initrd }
-    })
 }
 
 /// The host side: namespace, HTTP server, dnsmasq.
@@ -283,7 +228,7 @@ impl Vm {
         tag: &str,
         fd: Option<OwnedFd>,
     ) -> Vm {
-        let img = image();
+        let img = vm_image();
         let console = h.host.dir.join(format!("console-{tag}.log"));
         let qemu_log = h.host.dir.join(format!("qemu-{tag}.log"));
         let _ = fs::remove_file(&console);
@@ -491,7 +436,7 @@ fn args(v: &[String]) -> Vec<&str> {
 #[test]
 fn vm_stream_unix_guest_has_the_whole_network() {
     let _one = one_vm_at_a_time();
-    image();
+    vm_image();
     let h = HostSide::new();
     let (eargs, netdev) = stream_unix_args(&h);
     let mut e = VmEngine::start(&h, &args(&eargs));
@@ -532,7 +477,7 @@ fn vm_stream_unix_guest_has_the_whole_network() {
 #[test]
 fn vm_dgram_unix_guest_has_the_whole_network() {
     let _one = one_vm_at_a_time();
-    image();
+    vm_image();
     let h = HostSide::new();
     let ours = h.host.dir.join("usernet.dgram");
     let qemu = h.host.dir.join("qemu.dgram");
@@ -576,7 +521,7 @@ fn vm_dgram_unix_guest_has_the_whole_network() {
 #[test]
 fn vm_stream_tcp_guest_gets_lease_and_downloads() {
     let _one = one_vm_at_a_time();
-    image();
+    vm_image();
     let h = HostSide::new();
     let port = h.host.free_port("127.0.0.1");
     let mut e = VmEngine::start(&h, &["--stream", &format!("tcp:127.0.0.1:{port}")]);
@@ -594,7 +539,7 @@ fn vm_stream_tcp_guest_gets_lease_and_downloads() {
 #[test]
 fn vm_restart_reconnects_and_keeps_the_lease() {
     let _one = one_vm_at_a_time();
-    image();
+    vm_image();
     let h = HostSide::new();
     let (eargs, netdev) = stream_unix_args(&h);
     let mut e = VmEngine::start(&h, &args(&eargs));
@@ -647,7 +592,7 @@ fn vm_restart_reconnects_and_keeps_the_lease() {
 #[test]
 fn vm_fd_preconnected_socket_serves_the_guest_then_exits() {
     let _one = one_vm_at_a_time();
-    image();
+    vm_image();
     let h = HostSide::new();
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let mut e = VmEngine::start_with_fd(&h, &["--fd", "3"], Some(OwnedFd::from(ours)));
