@@ -104,32 +104,7 @@ pub fn run(
             .map_err(setup("cannot watch a port-forward socket"))?;
     }
 
-    // Signals arrive through a self-pipe.
-    let (sig_rx, sig_tx) =
-        std::os::unix::net::UnixStream::pair().map_err(setup("cannot create the signal pipe"))?;
-    sig_rx
-        .set_nonblocking(true)
-        .map_err(setup("cannot create the signal pipe"))?;
-    let run_mode = opts.child.is_some();
-    let sig_tx = Arc::new(sig_tx);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
-        if run_mode && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
-            // `usernet run`: the terminal's ^C and ^\ are for the child (it shares our
-            // process group); the engine ignores them and lives as long as the child.
-            signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)))
-                .map_err(setup("cannot install a signal handler"))?;
-            continue;
-        }
-        let tx = sig_tx
-            .try_clone()
-            .map_err(setup("cannot create the signal pipe"))?;
-        signal_hook::low_level::pipe::register(sig, tx)
-            .map_err(setup("cannot install a signal handler"))?;
-    }
-    let mut sig_rx = mio::net::UnixStream::from_std(sig_rx);
-    poll.registry()
-        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
-        .map_err(setup("cannot watch signals"))?;
+    let mut sig_rx = signal_pipe(poll.registry(), SIGNAL, opts.child.is_some())?;
     if let Some(fd) = &opts.exit_fd {
         poll.registry()
             .register(&mut SourceFd(&fd.as_raw_fd()), EXIT_FD, Interest::READABLE)
@@ -422,6 +397,39 @@ pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
         "drops": drops,
         "dhcp_leases": leases,
     })
+}
+
+/// SIGTERM, SIGINT, SIGHUP and SIGQUIT through a self-pipe registered as `token`
+/// (signal-hook's pipe carries no signal number: any byte is a stop request). With
+/// `child_owns_terminal` (`usernet run`), SIGINT and SIGQUIT are ignored: the terminal's
+/// ^C and ^\ are for the child, which shares our process group.
+pub fn signal_pipe(
+    registry: &mio::Registry,
+    token: Token,
+    child_owns_terminal: bool,
+) -> Result<mio::net::UnixStream, EngineError> {
+    let (sig_rx, sig_tx) =
+        std::os::unix::net::UnixStream::pair().map_err(setup("cannot create the signal pipe"))?;
+    sig_rx
+        .set_nonblocking(true)
+        .map_err(setup("cannot create the signal pipe"))?;
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+        if child_owns_terminal && (sig == libc::SIGINT || sig == libc::SIGQUIT) {
+            signal_hook::flag::register(sig, Arc::new(std::sync::atomic::AtomicBool::new(false)))
+                .map_err(setup("cannot install a signal handler"))?;
+            continue;
+        }
+        let tx = sig_tx
+            .try_clone()
+            .map_err(setup("cannot create the signal pipe"))?;
+        signal_hook::low_level::pipe::register(sig, tx)
+            .map_err(setup("cannot install a signal handler"))?;
+    }
+    let mut sig_rx = mio::net::UnixStream::from_std(sig_rx);
+    registry
+        .register(&mut sig_rx, token, Interest::READABLE)
+        .map_err(setup("cannot watch signals"))?;
+    Ok(sig_rx)
 }
 
 /// Borrow a raw fd number the caller promises is open and ours to own.

@@ -21,12 +21,18 @@ pub fn frame_pipeline(data: &[u8]) {
     run_pipeline(data, |_| {});
 }
 
-/// [`frame_pipeline`], handing every emitted frame to `seen`.
-pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
-    let Ok(poll) = mio::Poll::new() else { return };
-    let Ok(registry) = poll.registry().try_clone() else {
-        return;
-    };
+/// A router that opens no socket (outbound off, no DNS upstream), and what made it.
+struct FuzzRouter {
+    _poll: mio::Poll,
+    cfg: Config,
+    stats: Arc<Stats>,
+    router: Router,
+    start: Instant,
+}
+
+fn fuzz_router(guest_mac: Option<[u8; 6]>) -> Option<FuzzRouter> {
+    let poll = mio::Poll::new().ok()?;
+    let registry = poll.registry().try_clone().ok()?;
     let mut cfg = Config {
         outbound: false,
         verify_checksums: false,
@@ -36,7 +42,24 @@ pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
     cfg.limits.max_reassembly = 8;
     let stats = Arc::new(Stats::default());
     let start = Instant::now();
-    let Ok(mut router) = Router::new(cfg, stats, registry, Some([0x02, 0, 0, 0, 0, 0x64]), start)
+    let router = Router::new(cfg.clone(), stats.clone(), registry, guest_mac, start).ok()?;
+    Some(FuzzRouter {
+        _poll: poll,
+        cfg,
+        stats,
+        router,
+        start,
+    })
+}
+
+/// [`frame_pipeline`], handing every emitted frame to `seen`.
+pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
+    let Some(FuzzRouter {
+        _poll,
+        mut router,
+        start,
+        ..
+    }) = fuzz_router(Some([0x02, 0, 0, 0, 0, 0x64]))
     else {
         return;
     };
@@ -88,20 +111,14 @@ pub fn network_pipeline(data: &[u8]) {
 /// [`network_pipeline`], handing every frame a port's queue receives to `seen`.
 pub fn run_network(data: &[u8], mut seen: impl FnMut(usize, &[u8])) {
     use crate::network::{Fabric, PortKind};
-    let Ok(poll) = mio::Poll::new() else { return };
-    let Ok(registry) = poll.registry().try_clone() else {
-        return;
-    };
-    let mut cfg = Config {
-        outbound: false,
-        verify_checksums: false,
-        ..Config::default()
-    };
-    cfg.dns_options.upstreams = Upstreams::Fixed(Vec::new());
-    cfg.limits.max_reassembly = 8;
-    let stats = Arc::new(Stats::default());
-    let start = Instant::now();
-    let Ok(router) = Router::new(cfg.clone(), stats.clone(), registry, None, start) else {
+    let Some(FuzzRouter {
+        _poll,
+        cfg,
+        stats,
+        router,
+        start,
+    }) = fuzz_router(None)
+    else {
         return;
     };
     let mut fabric = Fabric::new(

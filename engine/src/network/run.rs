@@ -423,22 +423,7 @@ fn event_loop(
     mut opts: LoopOpts,
 ) -> anyhow::Result<()> {
     let setup = |what: &'static str| move |e: io::Error| anyhow::anyhow!("{what}: {e}");
-    let (sig_rx, sig_tx) =
-        std::os::unix::net::UnixStream::pair().map_err(setup("cannot create the signal pipe"))?;
-    sig_rx
-        .set_nonblocking(true)
-        .map_err(setup("cannot create the signal pipe"))?;
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
-        let tx = sig_tx
-            .try_clone()
-            .map_err(setup("cannot create the signal pipe"))?;
-        signal_hook::low_level::pipe::register(sig, tx)
-            .map_err(setup("cannot install a signal handler"))?;
-    }
-    let mut sig_rx = mio::net::UnixStream::from_std(sig_rx);
-    poll.registry()
-        .register(&mut sig_rx, SIGNAL, Interest::READABLE)
-        .map_err(setup("cannot watch signals"))?;
+    let mut sig_rx = engine::signal_pipe(poll.registry(), SIGNAL, false)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(setup("cannot watch the stream socket"))?;
