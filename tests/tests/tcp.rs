@@ -401,26 +401,38 @@ fn guest_reset_reaches_host() {
 
 /// The host cannot reach the destination (an `unreachable` route inside the host
 /// namespace, so nothing leaves it): the guest's connect fails fast as unreachable.
+///
+/// Under a loaded parallel run the guest kernel very rarely (about 1 in 100 whole-file
+/// runs on 6.18) wakes `connect_timeout`'s poll with POLLHUP before `SO_ERROR` holds the
+/// ICMP's error, which std reports as "no error set after POLLHUP". That one outcome is
+/// retried (a fresh socket, the same ICMP path); every other outcome is judged at once.
 #[test]
 fn tcp_host_unreachable_is_reported() {
     let s = Setup::configured(&[]);
     s.host
         .exec_ok(&["ip", "route", "add", "unreachable", "198.51.100.200/32"]);
     let dst = SocketAddr::from(([198, 51, 100, 200], 80));
-    let start = Instant::now();
-    let r = s
-        .guest
-        .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(15)));
-    let took = start.elapsed();
-    match r {
-        Ok(_) => panic!("connect to {dst} (unreachable on the host) succeeded"),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+    for attempt in 1..=3 {
+        let start = Instant::now();
+        let r = s
+            .guest
+            .run(|| TcpStream::connect_timeout(&dst, Duration::from_secs(15)));
+        let took = start.elapsed();
+        match r {
+            Ok(_) => panic!("connect to {dst} (unreachable on the host) succeeded"),
+            Err(e) if e.to_string().contains("no error set after POLLHUP") && attempt < 3 => {
+                eprintln!("attempt {attempt}: {e} after {took:?}; retrying");
+                continue;
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+                ),
+                "connect to {dst}: expected host/network unreachable, got {e} after {took:?}"
             ),
-            "connect to {dst}: expected host/network unreachable, got {e} after {took:?}"
-        ),
+        }
+        assert!(took < Duration::from_secs(5), "unreachable took {took:?}");
+        return;
     }
-    assert!(took < Duration::from_secs(5), "unreachable took {took:?}");
 }
