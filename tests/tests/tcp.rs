@@ -402,7 +402,7 @@ fn guest_reset_reaches_host() {
 /// The host cannot reach the destination (an `unreachable` route inside the host
 /// namespace, so nothing leaves it): the guest's connect fails fast as unreachable.
 ///
-/// Under a loaded parallel run the guest kernel very rarely (about 1 in 100 whole-file
+/// Under a loaded parallel run the guest kernel now and then (a few in 100 whole-file
 /// runs on 6.18) wakes `connect_timeout`'s poll with POLLHUP before `SO_ERROR` holds the
 /// ICMP's error, which std reports as "no error set after POLLHUP". That one outcome is
 /// retried (a fresh socket, the same ICMP path); every other outcome is judged at once.
