@@ -27,13 +27,18 @@ export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
     log=$(mktemp)
-    before=$(ls "fuzz/artifacts/$t" | wc -l)
+    # crashes, leaks, timeouts and OOMs count as findings; a slow unit (over 10 s) is
+    # reported apart: it usually means the machine was busy, so it is re-timed below.
+    findings() { ls "fuzz/artifacts/$t" | grep -cE '^(crash|leak|timeout|oom)-' || true; }
+    before=$(findings)
+    slow_before=$(ls "fuzz/artifacts/$t" | grep -c '^slow-unit-' || true)
     # -rss_limit_mb bounds the target's memory; -max_len covers a 64 KiB frame sequence.
     cargo fuzz run --fuzz-dir fuzz --features libfuzzer "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -max_len=70000 -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" > "$log" 2>&1 || true
     execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
-    after=$(ls "fuzz/artifacts/$t" | wc -l)
+    after=$(findings)
+    slow=$(( $(ls "fuzz/artifacts/$t" | grep -c '^slow-unit-' || true) - slow_before ))
     # Minimise: merge into a fresh directory, then drop the generated inputs (named by
     # their SHA-1) that the merge did not keep. Named seeds stay: tests read them.
     min=$(mktemp -d)
@@ -47,7 +52,10 @@ for t in "${targets[@]}"; do
     rm -rf "$min"
     files=$(ls "fuzz/corpus/$t" | wc -l)
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$t" "$secs" "${execs:-0}" "$files" "$((after - before))" >> "$tally"
-    echo "$t: ${execs:-0} executions in ${secs}s, corpus $files files, $((after - before)) new crashes"
+    echo "$t: ${execs:-0} executions in ${secs}s, corpus $files files, $((after - before)) new crashes, $slow new slow units"
+    if [ "$slow" -gt 0 ]; then
+        echo "  re-time them: cargo fuzz run --fuzz-dir fuzz --features libfuzzer $t fuzz/artifacts/$t/slow-unit-*"
+    fi
     tail -5 "$log" | grep -iE 'crash|panic|deadly|oom|timeout' || true
     rm -f "$log"
 done
