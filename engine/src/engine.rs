@@ -385,11 +385,17 @@ pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
     let leases = leases_json(router);
+    let (spare, reused) = router.tcp.spare_stats();
     json!({
         "frames": { "from_guest": l(&stats.rx_frames), "to_guest": l(&stats.tx_frames) },
         "bytes": { "from_guest": l(&stats.rx_bytes), "to_guest": l(&stats.tx_bytes) },
         "flows": {
-            "tcp": { "open": l(&stats.flows_open[0]), "total": l(&stats.flows_total[0]) },
+            "tcp": {
+                "open": l(&stats.flows_open[0]),
+                "total": l(&stats.flows_total[0]),
+                "spare_sockets": spare,
+                "reused_sockets": reused,
+            },
             "udp": { "open": l(&stats.flows_open[1]), "total": l(&stats.flows_total[1]) },
             "icmp": { "open": l(&stats.flows_open[2]), "total": l(&stats.flows_total[2]) },
         },

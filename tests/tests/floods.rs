@@ -2142,3 +2142,56 @@ fn zero_window_guest_bounded_buffering() {
         "the stream after the stall: first differing offset"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Spare sockets
+// ---------------------------------------------------------------------------------------
+
+/// A short TCP flow leaves its closed smoltcp socket (rings included) to the next flow;
+/// a flow that moved more than `SPARE_TOUCH_MAX` through its rings does not keep it (its
+/// rings go back to the system). Every echo is checked byte for byte, so nothing of an
+/// earlier flow shows through a reused ring.
+#[test]
+fn short_flows_reuse_sockets_bulk_flows_do_not() {
+    let r = Rig::new(&[]);
+    let lo = r.s.host.tcp_server("127.0.0.1:0", echo_handler);
+    let dst = SocketAddr::from((GATEWAY, lo.port()));
+    const SHORT: u64 = 40;
+    for i in 0..SHORT {
+        r.s.echo_roundtrip(dst, 7000 + i, 1000 + (i as usize * 97) % 4000);
+    }
+    let settled = |v: &Value| flows(v, "tcp", "open") == 0;
+    let v = r.wait_stats(Duration::from_secs(10), settled);
+    assert!(
+        settled(&v),
+        "flows still open 10 s after the last echo: {v}"
+    );
+    let reused = flows(&v, "tcp", "reused_sockets");
+    let spare = flows(&v, "tcp", "spare_sockets");
+    eprintln!("{SHORT} sequential short flows: {reused} took a spare socket, {spare} spare now");
+    assert!(
+        reused >= SHORT / 2,
+        "only {reused} of {SHORT} sequential short flows reused a socket"
+    );
+    assert!(
+        (1..=32).contains(&spare),
+        "{spare} spare sockets after {SHORT} short flows (1..=SPARE_SOCKETS expected)"
+    );
+    // 2 × 200 kB through the rings: this flow takes a spare and does not give it back.
+    r.s.echo_roundtrip(dst, 9000, 200_000);
+    let v = r.wait_stats(Duration::from_secs(10), settled);
+    assert!(
+        settled(&v),
+        "the bulk flow still open 10 s after its echo: {v}"
+    );
+    assert_eq!(
+        flows(&v, "tcp", "reused_sockets"),
+        reused + 1,
+        "the bulk flow should have taken a spare socket"
+    );
+    assert_eq!(
+        flows(&v, "tcp", "spare_sockets"),
+        spare - 1,
+        "the bulk flow's socket should not have been kept"
+    );
+}

@@ -204,6 +204,8 @@ pub struct TcpTable {
     released_since_trim: usize,
     /// Closed sockets for reuse, at most [`SPARE_SOCKETS`].
     spare: Vec<(SocketSet<'static>, SocketHandle)>,
+    /// Flows that took a spare socket instead of a new one.
+    reused: u64,
 }
 
 fn dev<'a>(ctx: &'a mut Ctx, caps: &'a DeviceCapabilities, rx: Option<&'a [u8]>) -> FlowDev<'a> {
@@ -273,12 +275,18 @@ impl TcpTable {
             recent_set: std::collections::HashSet::new(),
             released_since_trim: 0,
             spare: Vec::new(),
+            reused: 0,
         }
     }
 
     /// Whether a flow waits for room in the frame queue.
     pub fn has_blocked(&self) -> bool {
         !self.blocked.is_empty()
+    }
+
+    /// Spare sockets held now, and flows that took one so far.
+    pub fn spare_stats(&self) -> (usize, u64) {
+        (self.spare.len(), self.reused)
     }
 
     /// Flows open now.
@@ -787,6 +795,7 @@ impl TcpTable {
     /// `listen`/`connect` resets all connection state and empties the rings), else new.
     fn socket(&mut self, n: usize) -> (SocketSet<'static>, SocketHandle) {
         if let Some(s) = self.spare.pop() {
+            self.reused += 1;
             return s;
         }
         let mut sock = tcp::Socket::new(
