@@ -218,9 +218,17 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
     log_summary(&stats);
     match exit {
         Ok(exit) => Ok(exit_code(exit)),
-        // --fd: the VM closing its end of the socket is the normal end of its life.
+        // --fd: the VM closing its end of the socket is the normal end of its life. A VM
+        // that dies with frames still unread in its socket makes the kernel reset the
+        // connection instead of closing it (ECONNRESET on our read, EPIPE on our write).
         Err(EngineError::PortGone(e))
-            if cli.fd.is_some() && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            if cli.fd.is_some()
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
         {
             tracing::info!("the VM closed its connection; exiting");
             Ok(ExitCode::SUCCESS)
