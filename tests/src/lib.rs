@@ -972,31 +972,9 @@ impl Setup {
 
     /// A guest→host TCP echo round trip of `len` bytes to `addr`; fails the test otherwise.
     pub fn echo_roundtrip(&self, addr: SocketAddr, seed: u64, len: usize) {
-        let data = pattern(seed, len);
-        let got = self.guest.run(|| -> io::Result<Vec<u8>> {
-            let mut s = connect_tcp(addr, Duration::from_secs(10))?;
-            let d2 = data.clone();
-            let mut w = s.try_clone()?;
-            let writer = thread::spawn(move || -> io::Result<()> {
-                w.write_all(&d2)?;
-                w.shutdown(std::net::Shutdown::Write)
-            });
-            let (got, err) = read_to_end_result(&mut s);
-            writer
-                .join()
-                .map_err(|_| io::Error::other("writer panicked"))??;
-            match err {
-                Some(e) => Err(e),
-                None => Ok(got),
-            }
-        });
-        let got = got.unwrap_or_else(|e| panic!("echo via {addr} failed: {e}"));
-        assert_eq!(got.len(), data.len(), "echo via {addr}: length differs");
-        assert_eq!(
-            sha256_hex(&got),
-            sha256_hex(&data),
-            "echo via {addr}: content differs"
-        );
+        if let Err(e) = echo_once(&self.guest, addr, seed, len, Duration::from_secs(10)) {
+            panic!("echo via {e}");
+        }
     }
 }
 
@@ -2018,9 +1996,20 @@ pub fn name_server(g: &Guest, port: u16, name: &str) -> TcpServer {
 /// `len` pattern bytes from `g` to an echo server at `addr` and back; Err says what
 /// differed.
 pub fn echo_via(g: &Guest, addr: SocketAddr, seed: u64, len: usize) -> Result<(), String> {
+    echo_once(g, addr, seed, len, Duration::from_secs(5))
+}
+
+/// [`echo_via`] with the connect timeout given.
+fn echo_once(
+    g: &Guest,
+    addr: SocketAddr,
+    seed: u64,
+    len: usize,
+    connect_timeout: Duration,
+) -> Result<(), String> {
     let data = pattern(seed, len);
     let got = g.run(|| -> io::Result<Vec<u8>> {
-        let mut s = connect_tcp(addr, Duration::from_secs(5))?;
+        let mut s = connect_tcp(addr, connect_timeout)?;
         let mut w = s.try_clone()?;
         thread::scope(|sc| {
             let writer = sc.spawn(|| {
