@@ -96,9 +96,44 @@ struct TcpFlow {
     deadline: Option<Instant>,
     /// DNS over TCP to the DNS address: framing, local names, upstream failover.
     dns: Option<Box<DnsStream>>,
-    /// Bytes that went through the rings (both ways, saturating): decides whether the
-    /// socket may be kept for reuse (see [`SPARE_SOCKETS`]).
-    ring_bytes: usize,
+    /// Bytes written into the transmit ring (saturating), and how far past the guest's
+    /// initial sequence number its segments reached (the receive ring holds at most
+    /// that, in order or not): together they decide whether the socket may be kept for
+    /// reuse (see [`SPARE_SOCKETS`]).
+    to_guest_bytes: usize,
+    guest_start: Option<u32>,
+    guest_reach: u32,
+}
+
+/// How far past `start` a segment of `len` sequence numbers at `seq` ends (modulo 2³²);
+/// one that ends before `start` is old or forged and counts as `u32::MAX`.
+fn seq_reach(start: u32, seq: u32, len: u32) -> u32 {
+    let reach = seq.wrapping_add(len).wrapping_sub(start);
+    if reach > i32::MAX as u32 {
+        u32::MAX
+    } else {
+        reach
+    }
+}
+
+impl TcpFlow {
+    /// Notes how far into the receive ring a guest segment reaches. A segment that ends
+    /// before the guest's first sequence number counts as reaching everywhere.
+    fn note_guest_segment(&mut self, seg: &TcpPacket<&[u8]>) {
+        let seq = seg.seq_number().0 as u32;
+        let start = *self
+            .guest_start
+            .get_or_insert(seq.wrapping_add(u32::from(seg.syn())));
+        let len = seg.payload().len() as u32 + u32::from(seg.syn()) + u32::from(seg.fin());
+        self.guest_reach = self.guest_reach.max(seq_reach(start, seq, len));
+    }
+
+    /// Whether the flow's rings stayed within [`SPARE_TOUCH_MAX`] each.
+    fn rings_barely_used(&self) -> bool {
+        self.dns.is_none()
+            && self.to_guest_bytes <= SPARE_TOUCH_MAX
+            && self.guest_reach as usize <= SPARE_TOUCH_MAX
+    }
 }
 
 /// Closed smoltcp sockets kept, rings and all, for the next flows: a new flow then costs
@@ -346,6 +381,7 @@ impl TcpTable {
         if let Some(&idx) = self.map.get(&key) {
             let smol_now = ctx.smol_now(now);
             if let Some(f) = self.flows.get_mut(idx) {
+                f.note_guest_segment(&seg);
                 let mut d = dev(ctx, &self.caps, Some(ip));
                 self.iface.poll_ingress_single(smol_now, &mut d, &mut f.set);
                 f.last_active = now;
@@ -471,7 +507,9 @@ impl TcpTable {
             tx_blocked: false,
             deadline: None,
             dns: dns_stream,
-            ring_bytes: 0,
+            to_guest_bytes: 0,
+            guest_start: Some((seg.seq_number().0 as u32).wrapping_add(1)),
+            guest_reach: 0,
         });
         self.map.insert(key, idx);
         self.half_open += 1;
@@ -560,7 +598,9 @@ impl TcpTable {
             tx_blocked: false,
             deadline: None,
             dns: None,
-            ring_bytes: 0,
+            to_guest_bytes: 0,
+            guest_start: None,
+            guest_reach: 0,
         });
         self.map.insert(key, idx);
         ctx.stats.flow_opened(FlowKind::Tcp);
@@ -843,7 +883,7 @@ impl TcpTable {
                 libc::malloc_trim(0);
             }
         }
-        if f.dns.is_none() && f.ring_bytes <= SPARE_TOUCH_MAX && self.spare.len() < SPARE_SOCKETS {
+        if f.rings_barely_used() && self.spare.len() < SPARE_SOCKETS {
             // Closed without a word: a spare socket is never polled, and `listen` or
             // `connect` resets it before it sends anything again.
             f.set.get_mut::<tcp::Socket>(f.handle).abort();
@@ -899,7 +939,7 @@ fn pump_guest_to_host(f: &mut TcpFlow) {
         });
         match r {
             Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(n)) => f.ring_bytes = f.ring_bytes.saturating_add(n),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => f.host_writable = false,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => {
@@ -943,7 +983,7 @@ fn pump_host_to_guest(f: &mut TcpFlow) {
             }
         });
         match r {
-            Ok(Pump::Data(n)) => f.ring_bytes = f.ring_bytes.saturating_add(n),
+            Ok(Pump::Data(n)) => f.to_guest_bytes = f.to_guest_bytes.saturating_add(n),
             Ok(Pump::Full) | Err(_) => return,
             Ok(Pump::Again) => f.host_readable = false,
             Ok(Pump::Eof) => {
@@ -1125,6 +1165,20 @@ mod tests {
         ]);
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
+    }
+
+    #[test]
+    fn seq_reach_measures_from_the_guest_start_across_the_wrap() {
+        assert_eq!(seq_reach(1000, 1000, 0), 0);
+        assert_eq!(seq_reach(1000, 999, 1), 0, "a retransmitted SYN");
+        assert_eq!(seq_reach(1000, 1000, 1460), 1460);
+        assert_eq!(
+            seq_reach(1000, 500_000, 100),
+            499_100,
+            "out of order, far ahead"
+        );
+        assert_eq!(seq_reach(u32::MAX - 9, 5, 10), 25, "across the wrap");
+        assert_eq!(seq_reach(1000, 100, 10), u32::MAX, "ends before the start");
     }
 
     #[test]
