@@ -96,6 +96,14 @@ pub fn format_stats(v: &Value) -> String {
             n(&format!("/flows/{p}/total"))
         ));
     }
+    if v.pointer("/flows/tcp/splice").is_some_and(|x| !x.is_null()) {
+        s.push_str(&format!(
+            "spliced  open {:>8}   total {:>12}   not spliced {}\n",
+            n("/flows/tcp/spliced"),
+            n("/flows/tcp/spliced_total"),
+            n("/flows/tcp/splice_fallbacks")
+        ));
+    }
     s.push_str(&format!("forwards {}\n", n("/forwards")));
     if let Some(d) = v.get("drops").and_then(Value::as_object) {
         if d.is_empty() {

@@ -77,6 +77,9 @@ pub struct LoopOptions {
     pub forwards: Vec<(u32, usernet_portfwd::RuleSpec, BoundListener)>,
     /// Install the seccomp filter once every setup step has run (`--enable-seccomp`).
     pub seccomp: bool,
+    /// Sockets of the guest's namespace, for spliced forwards from the host's loopback
+    /// (namespace modes without `--no-splice`).
+    pub sockets: Option<crate::ns::SocketFactory>,
 }
 
 /// Run the engine until a signal, the exit fd, the child's exit, or a fatal port error.
@@ -95,6 +98,10 @@ pub fn run(
     let now = Instant::now();
     let mut router = Router::new(cfg, stats.clone(), registry, guest_mac, now)
         .map_err(setup("cannot start the router"))?;
+    if let Some(f) = opts.sockets.take() {
+        let max = router.ctx.cfg.limits.max_tcp_flows;
+        router.splice = Some(crate::router::splice::Splicer::new(f, max));
+    }
     port.register(poll.registry(), PORT)
         .map_err(setup("cannot watch the guest interface"))?;
     for (id, spec, listener) in std::mem::take(&mut opts.forwards) {
@@ -386,6 +393,13 @@ pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
         .collect();
     let leases = leases_json(router);
     let (spare, reused) = router.tcp.spare_stats();
+    let (spliced_now, spliced_total, splice_fallbacks) = match &router.splice {
+        Some(sp) => {
+            let (t, f) = sp.counts();
+            (sp.len() as u64, t, f)
+        }
+        None => (0, 0, 0),
+    };
     json!({
         "frames": { "from_guest": l(&stats.rx_frames), "to_guest": l(&stats.tx_frames) },
         "bytes": { "from_guest": l(&stats.rx_bytes), "to_guest": l(&stats.tx_bytes) },
@@ -395,6 +409,10 @@ pub fn stats_json(router: &Router, stats: &Stats) -> serde_json::Value {
                 "total": l(&stats.flows_total[0]),
                 "spare_sockets": spare,
                 "reused_sockets": reused,
+                "spliced": spliced_now,
+                "spliced_total": spliced_total,
+                "splice_fallbacks": splice_fallbacks,
+                "splice": router.splice.as_ref().map(|s| s.working()),
             },
             "udp": { "open": l(&stats.flows_open[1]), "total": l(&stats.flows_total[1]) },
             "icmp": { "open": l(&stats.flows_open[2]), "total": l(&stats.flows_total[2]) },

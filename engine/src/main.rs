@@ -80,7 +80,8 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
         userns_path: cli.userns_path.clone(),
         tap_name: cli.tap_name.clone(),
     };
-    // Still single-threaded here: the helper can join user namespaces.
+    // Still single-threaded here: the helpers can join user namespaces.
+    let sockets = socket_factory(&cli.net, || ns::spawn_socket_factory(&target));
     let tap = ns::open_tap(&target, &if_config(&cfg, &cli.net, cli.configure))?;
     write_pid_file(&cli.net)?;
     let mut cfg = cfg;
@@ -106,11 +107,30 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
             commands: Some(cp.commands),
             forwards: cp.forwards,
             seccomp: cli.net.enable_seccomp,
+            sockets,
         },
     )?;
     drop(cp.api);
     log_summary(&stats);
     Ok(exit_code(exit))
+}
+
+/// The socket factory for spliced forwards, unless `--no-splice`; a factory that cannot
+/// start only costs the speed-up (logged), never the run.
+fn socket_factory(
+    net: &usernet_engine::cli::NetArgs,
+    spawn: impl FnOnce() -> Result<Option<ns::SocketFactory>, ns::NsError>,
+) -> Option<ns::SocketFactory> {
+    if net.no_splice {
+        return None;
+    }
+    match spawn() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("forwards from the host's loopback will not be spliced: {e}");
+            None
+        }
+    }
 }
 
 fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
@@ -141,6 +161,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     write_pid_file(&cli.net)?;
     let pidfd = child.pidfd()?;
     let pid = child.pid;
+    let sockets = socket_factory(&cli.net, || ns::spawn_socket_factory_for_pid(pid).map(Some));
     let fd = child
         .tap
         .fd
@@ -167,6 +188,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
             commands: Some(cp.commands),
             forwards: cp.forwards,
             seccomp: cli.net.enable_seccomp,
+            sockets,
         },
     )?;
     drop(cp.api);

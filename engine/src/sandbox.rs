@@ -238,6 +238,8 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_getsockname,
     libc::SYS_getpeername,
     libc::SYS_shutdown,
+    libc::SYS_splice,
+    libc::SYS_pipe2,
     // the event loop
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,

@@ -212,6 +212,7 @@ pub fn cmd_vm(cli: VmCli) -> anyhow::Result<ExitCode> {
             commands: Some(cp.commands),
             forwards: cp.forwards,
             seccomp: cli.net.enable_seccomp,
+            sockets: None,
         },
     );
     drop(cp.api);

@@ -2007,8 +2007,19 @@ fn echo_once(
     len: usize,
     connect_timeout: Duration,
 ) -> Result<(), String> {
+    g.run(|| echo_here(addr, seed, len, connect_timeout))
+}
+
+/// `len` pattern bytes from the calling thread's namespace to an echo server at `addr`
+/// (the write side shut down after them) and back; Err says what differed.
+pub fn echo_here(
+    addr: SocketAddr,
+    seed: u64,
+    len: usize,
+    connect_timeout: Duration,
+) -> Result<(), String> {
     let data = pattern(seed, len);
-    let got = g.run(|| -> io::Result<Vec<u8>> {
+    let got = (|| -> io::Result<Vec<u8>> {
         let mut s = connect_tcp(addr, connect_timeout)?;
         let mut w = s.try_clone()?;
         thread::scope(|sc| {
@@ -2026,7 +2037,7 @@ fn echo_once(
                 None => Ok(got),
             }
         })
-    });
+    })();
     match got {
         Err(e) => Err(format!("{addr}: {e}")),
         Ok(b) if b.len() != data.len() => Err(format!(

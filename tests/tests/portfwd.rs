@@ -411,7 +411,8 @@ fn udp_forward_several_clients_interleaved() {
 }
 
 /// The guest's TCP server sees 198.51.100.1 for a client in the host namespace that
-/// connects to 198.51.100.1:PORT, and 10.0.2.2 for one that connects to 127.0.0.1:PORT.
+/// connects to 198.51.100.1:PORT, and its own address 10.0.2.100 for one that connects
+/// to 127.0.0.1:PORT (spliced; 10.0.2.2 under slirp4netns).
 #[test]
 fn guest_sees_real_client_address() {
     let host = HostNs::new();
@@ -430,10 +431,17 @@ fn guest_sees_real_client_address() {
         outside.starts_with("198.51.100.1:"),
         "client from 198.51.100.1 should be seen as itself, the guest saw {outside:?}"
     );
+    // usernet splices loopback clients over the guest's own loopback (the guest sees
+    // its own address); slirp4netns shows them as the gateway.
     let lo = peer_seen(&s.host, SocketAddr::from(([127, 0, 0, 1], hp)));
+    let want = if engine_is_slirp4netns() {
+        "10.0.2.2:"
+    } else {
+        "10.0.2.100:"
+    };
     assert!(
-        lo.starts_with("10.0.2.2:"),
-        "a loopback client should be seen as 10.0.2.2, the guest saw {lo:?}"
+        lo.starts_with(want),
+        "a loopback client should be seen as {want}, the guest saw {lo:?}"
     );
     // the client port is kept for outside clients (one connection, one flow).
     let c = host_connect(&s.host, SocketAddr::from(([198, 51, 100, 1], hp))).expect("connect");
@@ -1030,4 +1038,90 @@ fn api_clients_do_not_block_each_other_or_data() {
         "every API call during the download should be answered"
     );
     drop(idle);
+}
+
+/// A forward's loopback clients are spliced into the guest's namespace: 3 MB echoed
+/// intact with the client's half-close passed on, a guest that closes first gives the
+/// client its bytes and a clean end of stream, the stats count the spliced flows (and no
+/// TAP flow), and every spliced flow is gone afterwards. With `--no-splice` the same
+/// echo takes the ordinary path and the guest sees the gateway, as with slirp4netns.
+#[test]
+fn loopback_forward_is_spliced_and_no_splice_keeps_the_gateway() {
+    if engine_is_slirp4netns() {
+        return; // slirp4netns has no splice path and no --no-splice
+    }
+    for splice in [true, false] {
+        let host = HostNs::new();
+        let api = api_path(&host);
+        let hp = host.free_port("0.0.0.0");
+        let hp2 = host.free_port("0.0.0.0");
+        let guest = Guest::new(Owner::Root);
+        let a = api.to_string_lossy().to_string();
+        let (r1, r2) = (format!("{hp}:9000"), format!("{hp2}:9001"));
+        let mut args = vec!["-a", &a, "-p", &r1, "-p", &r2];
+        if !splice {
+            args.push("--no-splice");
+        }
+        let engine = Engine::start(&host, &guest, &EngineOpts::configure(&args));
+        let s = Setup {
+            engine,
+            guest,
+            host,
+        };
+        let l = s
+            .guest
+            .run(|| TcpListener::bind("0.0.0.0:9000"))
+            .expect("bind 9000");
+        let _echo = TcpServer::start(l, echo_handler);
+        let _peer = guest_peer_reporter(&s, 9001);
+        // 3 MB through, the client's FIN passed on, 3 MB back, then the guest's FIN.
+        let to = SocketAddr::from(([127, 0, 0, 1], hp));
+        if let Err(e) = s
+            .host
+            .run(|| echo_here(to, 41, FILE_LEN, Duration::from_secs(10)))
+        {
+            panic!(
+                "splice={splice}: echo via {e}; engine: {}",
+                s.engine.stderr()
+            );
+        }
+        // The guest closes first: its bytes, then a clean end of stream.
+        let seen = peer_seen(&s.host, SocketAddr::from(([127, 0, 0, 1], hp2)));
+        let want = if splice { "10.0.2.100:" } else { "10.0.2.2:" };
+        assert!(
+            seen.starts_with(want),
+            "splice={splice}: the guest saw {seen:?}, want {want}"
+        );
+        let stats = || api_json(&api, r#"{"execute":"stats"}"#);
+        let n = |v: &Value, k: &str| {
+            v.pointer(&format!("/return/flows/tcp/{k}"))
+                .and_then(Value::as_u64)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut v = stats();
+        while n(&v, "spliced").unwrap_or(0) + n(&v, "open").unwrap_or(0) > 0
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(50));
+            v = stats();
+        }
+        if splice {
+            assert_eq!(n(&v, "spliced_total"), Some(2), "two spliced flows: {v}");
+            assert_eq!(n(&v, "total"), Some(0), "no flow through the TAP: {v}");
+            assert_eq!(n(&v, "spliced"), Some(0), "spliced flows left open: {v}");
+            assert_eq!(
+                v.pointer("/return/flows/tcp/splice"),
+                Some(&Value::Bool(true)),
+                "{v}"
+            );
+        } else {
+            assert_eq!(n(&v, "spliced_total"), Some(0), "--no-splice spliced: {v}");
+            assert_eq!(n(&v, "total"), Some(2), "both flows through the TAP: {v}");
+            assert_eq!(
+                v.pointer("/return/flows/tcp/splice"),
+                Some(&Value::Null),
+                "{v}"
+            );
+        }
+    }
 }

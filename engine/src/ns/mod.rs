@@ -30,6 +30,7 @@ use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, S
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{ForkResult, Pid};
 
+mod factory;
 mod report;
 mod run;
 mod sys;
@@ -38,6 +39,7 @@ mod tap;
 #[cfg(test)]
 mod tests;
 
+pub use factory::{SocketFactory, spawn_socket_factory, spawn_socket_factory_for_pid};
 pub use run::{RunChild, spawn_run_child};
 
 use report::{ErrorContext, Failure, REPORT_LEN, Report, Step};

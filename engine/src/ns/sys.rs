@@ -107,16 +107,31 @@ pub(super) fn read_retry(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Er
 }
 
 /// Send `data` as one message on the socket `sock`, with `fd` attached as SCM_RIGHTS if given.
-/// The control buffer lives on the stack (no allocation, unlike `nix::sys::socket::sendmsg`).
 pub(super) fn send_with_fd(
     sock: BorrowedFd<'_>,
     data: &[u8],
     fd: Option<RawFd>,
 ) -> Result<(), Errno> {
-    // Room for one cmsghdr carrying one int, with generous alignment slack.
+    match fd {
+        Some(fd) => send_with_fds(sock, data, &[fd]),
+        None => send_with_fds(sock, data, &[]),
+    }
+}
+
+/// Most descriptors [`send_with_fds`] attaches to one message.
+pub(super) const MAX_FDS_PER_MESSAGE: usize = 16;
+
+/// Send `data` as one message on the socket `sock`, with `fds` (at most
+/// [`MAX_FDS_PER_MESSAGE`]) attached as SCM_RIGHTS. The control buffer lives on the stack
+/// (no allocation, unlike `nix::sys::socket::sendmsg`).
+pub(super) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) -> Result<(), Errno> {
+    // Room for one cmsghdr carrying MAX_FDS_PER_MESSAGE ints, with alignment slack.
     #[repr(C, align(8))]
-    struct CmsgBuf([u8; 64]);
-    let mut cbuf = CmsgBuf([0; 64]);
+    struct CmsgBuf([u8; 128]);
+    let mut cbuf = CmsgBuf([0; 128]);
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(Errno::EMSGSIZE);
+    }
 
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut c_void,
@@ -126,17 +141,19 @@ pub(super) fn send_with_fd(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
+    if !fds.is_empty() {
+        let bytes = std::mem::size_of_val(fds) as u32;
         // SAFETY: CMSG_SPACE only computes a size from its argument.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
         if space > cbuf.0.len() {
             return Err(Errno::EMSGSIZE);
         }
         msg.msg_control = cbuf.0.as_mut_ptr().cast();
         msg.msg_controllen = space as _;
         // SAFETY: msg_control points at `space` zeroed, 8-aligned bytes owned by `cbuf`,
-        // which is large enough for one header (checked above), so CMSG_FIRSTHDR returns a
-        // valid pointer into it, and CMSG_DATA points at room for one c_int inside it.
+        // which is large enough for one header and `fds.len()` ints (checked above), so
+        // CMSG_FIRSTHDR returns a valid pointer into it and CMSG_DATA points at room for
+        // every int written below.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             if cmsg.is_null() {
@@ -144,8 +161,11 @@ pub(super) fn send_with_fd(
             }
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), *fd);
+            }
         }
     }
     loop {

@@ -122,6 +122,18 @@ pub struct Gateways {
     pub v6: Option<Ipv6Addr>,
 }
 
+/// A connection accepted on a TCP forward.
+pub struct Accepted {
+    /// The host client's connection.
+    pub stream: std::net::TcpStream,
+    /// Where it goes in the guest.
+    pub target: SocketAddr,
+    /// The client's address as the guest sees it on the ordinary path.
+    pub seen: SocketAddr,
+    /// The client is on the host's loopback (spliceable).
+    pub loopback: bool,
+}
+
 /// The guest endpoint of a rule for a client: the rule's guest address, else the
 /// default guest of the client's family (IPv6 clients reach an IPv6 guest when one is
 /// known), else the IPv4 guest.
@@ -208,22 +220,28 @@ impl Forwards {
         true
     }
 
-    /// Accept pending connections of a TCP rule: `(stream, guest target, client as seen)`.
-    pub fn accept(
-        &mut self,
-        id: u32,
-        def: DefaultGuest,
-        gw: Gateways,
-        out: &mut Vec<(mio::net::TcpStream, SocketAddr, SocketAddr)>,
-    ) {
+    /// Accept pending connections of a TCP rule.
+    pub fn accept(&mut self, id: u32, def: DefaultGuest, gw: Gateways, out: &mut Vec<Accepted>) {
         let Some(f) = self.rules.get(&id) else { return };
         let Sock::Tcp(l) = &f.sock else { return };
         for _ in 0..256 {
             match l.accept() {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
-                    let guest = guest_target(&f.spec, peer, def);
-                    out.push((s, guest, seen_from_guest(gw, peer, guest)));
+                    let target = guest_target(&f.spec, peer, def);
+                    let loopback = match peer.ip() {
+                        IpAddr::V4(a) => a.is_loopback(),
+                        IpAddr::V6(a) => {
+                            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
+                        }
+                    };
+                    let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
+                    out.push(Accepted {
+                        stream,
+                        target,
+                        seen: seen_from_guest(gw, peer, target),
+                        loopback,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return,

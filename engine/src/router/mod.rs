@@ -26,6 +26,7 @@ pub mod dns_tcp;
 pub mod fwd;
 pub mod icmp;
 pub mod ndp;
+pub mod splice;
 pub mod tcp;
 pub mod udp;
 
@@ -95,6 +96,8 @@ pub enum Owner {
     FwdTcp(usize),
     /// A UDP port-forward socket (rule id).
     FwdUdp(usize),
+    /// One side of a spliced forward (flow index × 2, + 1 for the guest side).
+    Splice(usize),
 }
 
 impl Owner {
@@ -108,6 +111,7 @@ impl Owner {
             Owner::DnsUpstream(i) => (5, i),
             Owner::FwdTcp(i) => (6, i),
             Owner::FwdUdp(i) => (7, i),
+            Owner::Splice(i) => (8, i),
         };
         Token(ROUTER_TOKEN_BASE + ((k as usize) << KIND_SHIFT) + i)
     }
@@ -124,6 +128,7 @@ impl Owner {
             5 => Owner::DnsUpstream(i),
             6 => Owner::FwdTcp(i),
             7 => Owner::FwdUdp(i),
+            8 => Owner::Splice(i),
             _ => return None,
         })
     }
@@ -256,7 +261,9 @@ pub struct Router {
     pub fwd: fwd::Forwards,
     /// IPv6 neighbour discovery and RAs.
     pub ndp: ndp::Ndp,
-    accepted: Vec<(mio::net::TcpStream, SocketAddr, SocketAddr)>,
+    accepted: Vec<fwd::Accepted>,
+    /// Spliced forwards from the host's loopback (namespace modes with a socket factory).
+    pub splice: Option<splice::Splicer>,
 }
 
 impl Router {
@@ -357,6 +364,7 @@ impl Router {
                     .unwrap_or_default(),
             ),
             accepted: Vec::new(),
+            splice: None,
             tcp,
             ctx,
         })
@@ -892,17 +900,34 @@ impl Router {
                     gw,
                     &mut acc,
                 );
-                for (stream, target, seen) in acc.drain(..) {
+                for a in acc.drain(..) {
                     if guest.is_none() {
                         // Named by a MAC without a lease: close (the client sees EOF).
                         self.ctx.drop(DropReason::ForwardGuestUnknown);
-                        drop(stream);
+                        drop(a.stream);
                         continue;
                     }
-                    self.tcp
-                        .open_forward(&mut self.ctx, now, stream, target, seen);
+                    let stream = match (&mut self.splice, a.loopback) {
+                        (Some(sp), true) => match sp.open(&self.ctx.registry, a.stream, a.target) {
+                            splice::Opened::Spliced => continue,
+                            splice::Opened::Fallback(s) => s,
+                        },
+                        _ => a.stream,
+                    };
+                    self.tcp.open_forward(
+                        &mut self.ctx,
+                        now,
+                        mio::net::TcpStream::from_std(stream),
+                        a.target,
+                        a.seen,
+                    );
                 }
                 self.accepted = acc;
+            }
+            Owner::Splice(i) => {
+                if let Some(sp) = self.splice.as_mut() {
+                    sp.event(&self.ctx.registry, i, readable, writable, error);
+                }
             }
             Owner::FwdUdp(id) => match self.guest_for_rule(id as u32) {
                 Some(guest) => self.fwd.udp_readable(&mut self.ctx, now, id as u32, guest),
