@@ -235,7 +235,8 @@ impl TestUser {
 
     /// Processes of the user running the program `argv0` (its first argument).
     fn procs_of(&self, argv0: &str) -> Vec<(i32, Vec<String>)> {
-        self.pids()
+        let all = self
+            .pids()
             .into_iter()
             .filter_map(|p| {
                 let raw = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
@@ -246,8 +247,26 @@ impl TestUser {
                     .collect();
                 (args.first().map(String::as_str) == Some(argv0)).then_some((p, args))
             })
+            .collect::<Vec<_>>();
+        // usernet's helper children (its socket factory) run the same binary: keep only
+        // processes whose parent is not one of the matches.
+        let pids: Vec<i32> = all.iter().map(|(p, _)| *p).collect();
+        all.into_iter()
+            .filter(|(p, _)| !parent_of(*p).is_some_and(|pp| pids.contains(&pp)))
             .collect()
     }
+}
+
+/// The parent PID of `pid` (from `/proc/PID/stat`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+    st.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn sub_range(file: &str, name: &str) -> Option<u32> {

@@ -325,6 +325,17 @@ fn flows(v: &Value, proto: &str, which: &str) -> u64 {
         .unwrap_or_else(|| panic!("stats without flows.{proto}.{which}: {v}"))
 }
 
+/// TCP flows of both kinds: through the TAP, and spliced forwards from the host's
+/// loopback (`which`: "open" or "total").
+fn tcp_flows(v: &Value, which: &str) -> u64 {
+    let spliced = if which == "open" {
+        "spliced"
+    } else {
+        "spliced_total"
+    };
+    flows(v, "tcp", which) + flows(v, "tcp", spliced)
+}
+
 fn drops_of(v: &Value) -> String {
     v.get("drops").map(Value::to_string).unwrap_or_default()
 }
@@ -1793,15 +1804,15 @@ fn churn_test(r: &Rig, what: &str, seed: u64, cycles: impl FnOnce() -> ChurnRepo
     let during = r.stats();
     let trr = tr.finish(what);
     let peaks = mon.finish();
-    let after = r.wait_stats(Duration::from_secs(15), |v| flows(v, "tcp", "open") == 0);
+    let after = r.wait_stats(Duration::from_secs(15), |v| tcp_flows(v, "open") == 0);
     thread::sleep(Duration::from_millis(300));
     let (end_rss, end_fds, peak_hwm) = (rss(pid), fds(pid), hwm(pid));
-    let created = flows(&after, "tcp", "total") - flows(&before, "tcp", "total");
+    let created = tcp_flows(&after, "total") - tcp_flows(&before, "total");
     let projected = CHURN_TARGET as f64 / rep.rate();
     println!(
         "FIGURES churn {what}: {} connect+close cycles in {:.1} s = {:.0}/s ({} errors{}); \
          100 000 cycles would take {projected:.0} s at this rate; tcp flows created \
-         {created}, open right after {} and after settling {}; RSS start {} \
+         {created} ({} spliced), open right after {} and after settling {}; RSS start {} \
          peak(sampled) {} VmHWM {} end {}; fds start {start_fds} peak {} end {end_fds}; \
          download beside it: {} x {} MiB in {:.1} s; drops {}",
         rep.done,
@@ -1812,8 +1823,9 @@ fn churn_test(r: &Rig, what: &str, seed: u64, cycles: impl FnOnce() -> ChurnRepo
             .as_ref()
             .map(|e| format!(", first: {e}"))
             .unwrap_or_default(),
-        flows(&during, "tcp", "open"),
-        flows(&after, "tcp", "open"),
+        flows(&after, "tcp", "spliced_total") - flows(&before, "tcp", "spliced_total"),
+        tcp_flows(&during, "open"),
+        tcp_flows(&after, "open"),
         mib(start_rss),
         mib(peaks.rss),
         mib(peak_hwm),
@@ -1841,12 +1853,14 @@ fn churn_test(r: &Rig, what: &str, seed: u64, cycles: impl FnOnce() -> ChurnRepo
         rep.done
     );
     assert_eq!(
-        flows(&after, "tcp", "open"),
+        tcp_flows(&after, "open"),
         0,
         "{what}: tcp flows left open: {after}"
     );
+    // + the socket factory's pool of ready sockets (at most 8 per family), which a churn
+    // through a spliced forward leaves at another level than it found it.
     assert!(
-        end_fds <= start_fds + 2,
+        end_fds <= start_fds + 2 + 8,
         "{what}: fds {end_fds} after the churn, {start_fds} before"
     );
     let rss_limit = (2 * start_rss).max(start_rss + 8 * MIB);
@@ -1866,8 +1880,10 @@ fn churn_test(r: &Rig, what: &str, seed: u64, cycles: impl FnOnce() -> ChurnRepo
         mib(start_rss),
         mib(bound)
     );
+    // A spliced flow holds 6 fds (two sockets, two pipes), and the socket factory hands
+    // over 8 sockets at a time.
     assert!(
-        peaks.fds <= start_fds + 16,
+        peaks.fds <= start_fds + 24,
         "{what}: fds peaked at {} (start {start_fds})",
         peaks.fds
     );

@@ -30,7 +30,7 @@ use super::{Namespaces, NetnsType, NsError, TapTarget, fork_with_socket, sys};
 
 /// Most sockets the factory sends in one reply (one request per this many spliced
 /// connections).
-pub const FACTORY_BATCH: usize = sys::MAX_FDS_PER_MESSAGE;
+pub const FACTORY_BATCH: usize = 8;
 
 /// How long the engine waits for a reply before it stops using the factory.
 const FACTORY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -189,8 +189,12 @@ struct FactoryArgs<'a> {
 
 /// Body of the factory child. Never returns.
 fn factory_main(args: &FactoryArgs<'_>, sock: OwnedFd) -> ! {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers only and touches no memory.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers only; PR_SET_NAME reads a
+    // NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::prctl(libc::PR_SET_NAME, c"usernet-sockets".as_ptr());
+    }
     if let Some(user) = args.user
         && nix::sched::setns(user, CloneFlags::CLONE_NEWUSER).is_err()
     {

@@ -908,10 +908,12 @@ impl Router {
                         continue;
                     }
                     let stream = match (&mut self.splice, a.loopback) {
-                        (Some(sp), true) => match sp.open(&self.ctx.registry, a.stream, a.target) {
-                            splice::Opened::Spliced => continue,
-                            splice::Opened::Fallback(s) => s,
-                        },
+                        (Some(sp), true) => {
+                            match sp.open(&self.ctx.registry, now, a.stream, a.target) {
+                                splice::Opened::Spliced => continue,
+                                splice::Opened::Fallback(s) => s,
+                            }
+                        }
                         _ => a.stream,
                     };
                     self.tcp.open_forward(
@@ -926,7 +928,7 @@ impl Router {
             }
             Owner::Splice(i) => {
                 if let Some(sp) = self.splice.as_mut() {
-                    sp.event(&self.ctx.registry, i, readable, writable, error);
+                    sp.event(&self.ctx.registry, now, i, readable, writable, error);
                 }
             }
             Owner::FwdUdp(id) => match self.guest_for_rule(id as u32) {

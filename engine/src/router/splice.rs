@@ -26,9 +26,11 @@
 //! asked and fewer than the pipe's slots read everything the socket held, so the extra
 //! read that would only say "would block" is skipped.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
@@ -45,6 +47,16 @@ pub const PIPE_SIZE: usize = 1 << 20;
 
 /// Empty pipes kept for later flows.
 pub const SPARE_PIPES: usize = 16;
+
+/// Spliced flows that usernet closed first, within one [`TIME_WAIT`], beyond which new
+/// loopback clients take the ordinary path. Each such flow leaves a TIME-WAIT entry in the
+/// guest's namespace that holds one of its ephemeral ports toward that guest port for a
+/// minute; without a budget a fast connect/close loop would use up the port range (about
+/// 28 000 ports) and every further connect would scan it all before failing.
+pub const TIME_WAIT_BUDGET: usize = 4096;
+
+/// How long Linux keeps a TIME-WAIT entry (`TCP_TIMEWAIT_LEN`).
+pub const TIME_WAIT: Duration = Duration::from_secs(60);
 
 const PAGE: usize = 4096;
 
@@ -140,6 +152,9 @@ struct Flow {
     host: TcpStream,
     guest: TcpStream,
     connected: bool,
+    /// usernet sent the guest its end of stream before the guest sent one (the guest
+    /// side's socket will go through TIME-WAIT).
+    closed_first: bool,
     to_guest: Half,
     to_host: Half,
 }
@@ -150,6 +165,9 @@ pub struct Splicer {
     flows: Slab<Flow>,
     spare: Vec<Pipe>,
     max_flows: usize,
+    /// When each recent flow that usernet closed first ended (at most
+    /// [`TIME_WAIT_BUDGET`], oldest first).
+    time_waits: VecDeque<Instant>,
     total: u64,
     fallbacks: u64,
 }
@@ -170,6 +188,7 @@ impl Splicer {
             flows: Slab::new(),
             spare: Vec::new(),
             max_flows,
+            time_waits: VecDeque::new(),
             total: 0,
             fallbacks: 0,
         }
@@ -179,9 +198,21 @@ impl Splicer {
     pub fn open(
         &mut self,
         registry: &Registry,
+        now: Instant,
         host: std::net::TcpStream,
         target: SocketAddr,
     ) -> Opened {
+        while self
+            .time_waits
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= TIME_WAIT)
+        {
+            self.time_waits.pop_front();
+        }
+        if self.time_waits.len() >= TIME_WAIT_BUDGET {
+            self.fallbacks += 1;
+            return Opened::Fallback(host);
+        }
         match self.try_open(target) {
             Ok(Some((guest, pipes))) => {
                 self.insert(registry, host, guest, pipes);
@@ -273,6 +304,7 @@ impl Splicer {
             host: TcpStream::from_std(host),
             guest: TcpStream::from_std(guest),
             connected: false,
+            closed_first: false,
             to_guest: Half::new(a),
             to_host: Half::new(b),
         };
@@ -293,6 +325,7 @@ impl Splicer {
     pub fn event(
         &mut self,
         registry: &Registry,
+        now: Instant,
         token_index: usize,
         readable: bool,
         writable: bool,
@@ -325,7 +358,9 @@ impl Splicer {
         }
         let r = (|| {
             if to_guest {
+                let (shut, guest_done) = (f.to_guest.shut, f.to_host.eof);
                 f.to_guest.pump(&f.host, &f.guest)?;
+                f.closed_first |= f.to_guest.shut && !shut && !guest_done;
             }
             if to_host {
                 f.to_host.pump(&f.guest, &f.host)?;
@@ -337,7 +372,12 @@ impl Splicer {
                 tracing::debug!(error = %e, "spliced forward reset");
                 self.abort(registry, i);
             }
-            Ok(()) if f.to_guest.done() && f.to_host.done() => self.close(registry, i),
+            Ok(()) if f.to_guest.done() && f.to_host.done() => {
+                if f.closed_first && self.time_waits.len() < TIME_WAIT_BUDGET {
+                    self.time_waits.push_back(now);
+                }
+                self.close(registry, i)
+            }
             Ok(()) => {}
         }
     }
