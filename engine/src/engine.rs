@@ -201,13 +201,7 @@ pub fn run(
                 }
                 t => {
                     if let Some(owner) = Owner::from_token(t) {
-                        router.host_event(
-                            now,
-                            owner,
-                            ev.is_readable() || ev.is_read_closed(),
-                            ev.is_writable() || ev.is_write_closed(),
-                            ev.is_error(),
-                        );
+                        router.host_event(now, owner, crate::router::Readiness::of(ev));
                     }
                 }
             }

@@ -1232,7 +1232,7 @@ fn rootless_shape_ipv6() {
 
 /// `-p [::1]:P1:9000` and `-p [::]:P2:9000` reach the guest's IPv6 address (its server
 /// on [::]:9000 sees its own fd00:: address as the local end); a ::1 client is seen as
-/// fd00::2, a client from 2001:db8:1::1 as itself (address and port); data goes both
+/// the guest's own address (spliced; fd00::2 under slirp4netns), a client from 2001:db8:1::1 as itself (address and port); data goes both
 /// ways intact.
 #[test]
 fn ipv6_port_forward_with_client_address() {
@@ -1266,10 +1266,17 @@ fn ipv6_port_forward_with_client_address() {
     };
     let me_local = format!("[{a}]:9000");
 
+    // usernet splices loopback clients through the guest's own loopback: the guest sees
+    // them as its own address (slirp4netns: as the gateway).
+    let lo_seen = if engine_is_slirp4netns() {
+        format!("[{GW6}]:")
+    } else {
+        format!("[{a}]:")
+    };
     let (_, peer, local) = peer_seen6(&s, v6(Ipv6Addr::LOCALHOST, p1));
     assert!(
-        peer.starts_with(&format!("[{GW6}]:")),
-        "a ::1 client of [::1]:{p1} should be seen as fd00::2, the guest saw {peer:?}"
+        peer.starts_with(&lo_seen),
+        "a ::1 client of [::1]:{p1} should be seen as {lo_seen}, the guest saw {peer:?}"
     );
     assert_eq!(
         local, me_local,
@@ -1291,8 +1298,8 @@ fn ipv6_port_forward_with_client_address() {
 
     let (_, peer, _) = peer_seen6(&s, v6(Ipv6Addr::LOCALHOST, p2));
     assert!(
-        peer.starts_with(&format!("[{GW6}]:")),
-        "a ::1 client of [::]:{p2} should be seen as fd00::2, the guest saw {peer:?}"
+        peer.starts_with(&lo_seen),
+        "a ::1 client of [::]:{p2} should be seen as {lo_seen}, the guest saw {peer:?}"
     );
 
     // 1 MB both ways through the forward.

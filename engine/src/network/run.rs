@@ -501,13 +501,7 @@ fn event_loop(
                 t => {
                     if let Some(owner) = Owner::from_token(t) {
                         if let Some(r) = fabric.router.as_mut() {
-                            r.host_event(
-                                now,
-                                owner,
-                                ev.is_readable() || ev.is_read_closed(),
-                                ev.is_writable() || ev.is_write_closed(),
-                                ev.is_error(),
-                            );
+                            r.host_event(now, owner, crate::router::Readiness::of(ev));
                         }
                     } else if let Some(id) = watched_port(t) {
                         remove_device(&mut fabric, poll.registry(), id, "its guest process exited");

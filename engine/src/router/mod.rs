@@ -134,6 +134,31 @@ impl Owner {
     }
 }
 
+/// What a readiness event on a host socket says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// Readable, or the peer closed its side (a read will not block).
+    pub readable: bool,
+    /// Writable, or the write side is closed (a write will not block).
+    pub writable: bool,
+    /// An error is pending.
+    pub error: bool,
+    /// The peer's end of stream (or a reset) has arrived (`EPOLLRDHUP`).
+    pub read_closed: bool,
+}
+
+impl Readiness {
+    /// The readiness of a mio event.
+    pub fn of(ev: &mio::event::Event) -> Readiness {
+        Readiness {
+            readable: ev.is_readable() || ev.is_read_closed(),
+            writable: ev.is_writable() || ev.is_write_closed(),
+            error: ev.is_error(),
+            read_closed: ev.is_read_closed(),
+        }
+    }
+}
+
 /// A deadline owner in the timer set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TimerKey {
@@ -873,14 +898,13 @@ impl Router {
     }
 
     /// Readiness on a router-owned host socket.
-    pub fn host_event(
-        &mut self,
-        now: Instant,
-        owner: Owner,
-        readable: bool,
-        writable: bool,
-        error: bool,
-    ) {
+    pub fn host_event(&mut self, now: Instant, owner: Owner, ev: Readiness) {
+        let Readiness {
+            readable,
+            writable,
+            error,
+            read_closed,
+        } = ev;
         match owner {
             Owner::Tcp(i) => self.tcp.host_event(i, readable, writable || error),
             Owner::Udp(i) => self.udp.host_event(&mut self.ctx, now, i, readable, error),
@@ -928,7 +952,7 @@ impl Router {
             }
             Owner::Splice(i) => {
                 if let Some(sp) = self.splice.as_mut() {
-                    sp.event(&self.ctx.registry, now, i, readable, writable, error);
+                    sp.event(&self.ctx.registry, now, i, ev);
                 }
             }
             Owner::FwdUdp(id) => match self.guest_for_rule(id as u32) {

@@ -38,7 +38,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use slab::Slab;
 
-use super::Owner;
+use super::{Owner, Readiness};
 use crate::ns::SocketFactory;
 
 /// Each pipe's capacity asked for (`F_SETPIPE_SZ`); the kernel's default (64 KiB) is kept
@@ -90,6 +90,9 @@ struct Half {
     shut: bool,
     /// The last refill emptied the source.
     drained: bool,
+    /// The source's end of stream (or reset) has arrived, maybe not read yet: no
+    /// readiness edge will come for it again, so a refill must not stop short of it.
+    hup: bool,
 }
 
 impl Half {
@@ -99,6 +102,7 @@ impl Half {
             eof: false,
             shut: false,
             drained: false,
+            hup: false,
         }
     }
 
@@ -134,7 +138,7 @@ impl Half {
                     self.pipe.len = n;
                     // Each pipe slot holds at least one byte: fewer bytes than slots means
                     // the pipe did not fill up, so the socket had no more.
-                    self.drained = n < want && n < self.pipe.cap / PAGE;
+                    self.drained = !self.hup && n < want && n < self.pipe.cap / PAGE;
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => continue,
@@ -322,20 +326,25 @@ impl Splicer {
     }
 
     /// Readiness on one side (`token_index` from [`Owner::Splice`]).
-    pub fn event(
-        &mut self,
-        registry: &Registry,
-        now: Instant,
-        token_index: usize,
-        readable: bool,
-        writable: bool,
-        error: bool,
-    ) {
+    pub fn event(&mut self, registry: &Registry, now: Instant, token_index: usize, ev: Readiness) {
+        let Readiness {
+            readable,
+            writable,
+            error,
+            read_closed,
+        } = ev;
         let i = token_index >> 1;
         let guest_side = token_index & 1 == 1;
         let Some(f) = self.flows.get_mut(i) else {
             return;
         };
+        if read_closed || error {
+            if guest_side {
+                f.to_host.hup = true;
+            } else {
+                f.to_guest.hup = true;
+            }
+        }
         let (mut to_guest, mut to_host) = (
             error || if guest_side { writable } else { readable },
             error || if guest_side { readable } else { writable },
