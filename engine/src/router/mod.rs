@@ -903,7 +903,7 @@ impl Router {
             readable,
             writable,
             error,
-            read_closed,
+            ..
         } = ev;
         match owner {
             Owner::Tcp(i) => self.tcp.host_event(i, readable, writable || error),
