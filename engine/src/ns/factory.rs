@@ -31,6 +31,7 @@ use super::{Namespaces, NetnsType, NsError, TapTarget, fork_with_socket, sys};
 /// Most sockets the factory sends in one reply (one request per this many spliced
 /// connections).
 pub const FACTORY_BATCH: usize = 8;
+const _: () = assert!(FACTORY_BATCH <= sys::MAX_FDS_PER_MESSAGE && FACTORY_BATCH < 256);
 
 /// How long the engine waits for a reply before it stops using the factory.
 const FACTORY_TIMEOUT: Duration = Duration::from_secs(1);

@@ -784,3 +784,54 @@ fn unprivileged_run_child_inner() {
     assert!(text.contains("nameserver 10.0.2.3"), "{text}");
     println!("inner: unprivileged run child ok");
 }
+
+#[test]
+fn socket_factory_sockets_belong_to_the_target_namespace() {
+    require_root();
+    let ns = NsProcess::unshare();
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    let mut f = spawn_socket_factory(&pid_target(ns.pid()))
+        .expect("factory")
+        .expect("a pid target has a namespace");
+    // More than one batch: the pool refills.
+    for i in 0..(factory::FACTORY_BATCH + 2) {
+        let fd = f.take(false).unwrap_or_else(|| panic!("socket {i}"));
+        assert_nonblocking(&fd);
+        let s = socket2::Socket::from(fd);
+        assert_eq!(s.r#type().expect("SO_TYPE"), socket2::Type::STREAM);
+        // 127.0.0.1 exists in the new namespace only once its lo is up, and a listener
+        // there is invisible from ours: the socket is the namespace's.
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind 127.0.0.1 in the target namespace");
+        s.listen(1).expect("listen");
+        let port = s
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("inet")
+            .port();
+        let listening = ns.run(&["ss", "-tlnH", &format!("sport = :{port}")]);
+        assert!(
+            listening.contains(&format!(":{port}")),
+            "the listener should be in the target namespace: {listening:?}"
+        );
+    }
+    let v6 = f.take(true).expect("an IPv6 socket");
+    assert_eq!(
+        socket2::Socket::from(v6).domain().expect("domain"),
+        socket2::Domain::IPV6
+    );
+    assert!(f.working());
+    drop(f); // kills and reaps the helper; nothing is left to wait for
+
+    let tapfd = TapTarget {
+        netns_type: NetnsType::TapFd,
+        target: "3".to_owned(),
+        userns_path: None,
+        tap_name: "tap0".to_owned(),
+    };
+    assert!(
+        spawn_socket_factory(&tapfd).expect("tapfd").is_none(),
+        "--netns-type=tapfd names no namespace: no factory"
+    );
+}
