@@ -70,9 +70,9 @@ pub struct NetArgs {
     /// Do not use TCP segmentation offload toward a TAP guest with a small MTU (virtio-net headers)
     #[arg(long = "disable-tso")]
     pub disable_tso: bool,
-    /// Do not splice forwarded connections from the host's loopback straight into the guest's namespace (the guest then sees those clients as the gateway, as with slirp4netns, instead of as its own address)
-    #[arg(long = "no-splice")]
-    pub no_splice: bool,
+    /// Splice TCP forwards from the host's loopback straight into the guest's namespace (namespace modes): faster bulk transfers, and the guest sees those clients as its own address instead of the gateway
+    #[arg(long = "splice")]
+    pub splice: bool,
     /// Log every flow and every dropped frame (debug level)
     #[arg(long)]
     pub debug: bool,

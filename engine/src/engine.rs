@@ -78,7 +78,7 @@ pub struct LoopOptions {
     /// Install the seccomp filter once every setup step has run (`--enable-seccomp`).
     pub seccomp: bool,
     /// Sockets of the guest's namespace, for spliced forwards from the host's loopback
-    /// (namespace modes without `--no-splice`).
+    /// (namespace modes with `--splice`).
     pub sockets: Option<crate::ns::SocketFactory>,
 }
 

@@ -115,13 +115,13 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
     Ok(exit_code(exit))
 }
 
-/// The socket factory for spliced forwards, unless `--no-splice`; a factory that cannot
-/// start only costs the speed-up (logged), never the run.
+/// The socket factory for spliced forwards (`--splice`); a factory that cannot start only
+/// costs the splicing (logged), never the run.
 fn socket_factory(
     net: &usernet_engine::cli::NetArgs,
     spawn: impl FnOnce() -> Result<Option<ns::SocketFactory>, ns::NsError>,
 ) -> Option<ns::SocketFactory> {
-    if net.no_splice {
+    if !net.splice {
         return None;
     }
     match spawn() {

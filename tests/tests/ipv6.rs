@@ -1232,7 +1232,7 @@ fn rootless_shape_ipv6() {
 
 /// `-p [::1]:P1:9000` and `-p [::]:P2:9000` reach the guest's IPv6 address (its server
 /// on [::]:9000 sees its own fd00:: address as the local end); a ::1 client is seen as
-/// the guest's own address (spliced; fd00::2 under slirp4netns), a client from 2001:db8:1::1 as itself (address and port); data goes both
+/// the guest's own address (`--splice`; fd00::2 under slirp4netns), a client from 2001:db8:1::1 as itself (address and port); data goes both
 /// ways intact.
 #[test]
 fn ipv6_port_forward_with_client_address() {
@@ -1241,15 +1241,16 @@ fn ipv6_port_forward_with_client_address() {
     let p2 = host.free_port("[::]");
     let p3 = host.free_port("[::]");
     let guest = Guest::new(Owner::Root);
-    let opts = EngineOpts::configure(&[
-        "-6",
-        "-p",
-        &format!("[::1]:{p1}:9000"),
-        "-p",
-        &format!("[::]:{p2}:9000"),
-        "-p",
-        &format!("[::]:{p3}:9001"),
-    ]);
+    let (r1, r2, r3) = (
+        format!("[::1]:{p1}:9000"),
+        format!("[::]:{p2}:9000"),
+        format!("[::]:{p3}:9001"),
+    );
+    let mut args = vec!["-6", "-p", &r1, "-p", &r2, "-p", &r3];
+    if !engine_is_slirp4netns() {
+        args.push("--splice"); // the ::1 clients take the spliced path
+    }
+    let opts = EngineOpts::configure(&args);
     let engine = Engine::start(&host, &guest, &opts);
     let s = Setup {
         engine,
@@ -1266,8 +1267,8 @@ fn ipv6_port_forward_with_client_address() {
     };
     let me_local = format!("[{a}]:9000");
 
-    // usernet splices loopback clients through the guest's own loopback: the guest sees
-    // them as its own address (slirp4netns: as the gateway).
+    // With --splice, usernet joins loopback clients through the guest's own loopback: the
+    // guest sees them as its own address (slirp4netns: as the gateway).
     let lo_seen = if engine_is_slirp4netns() {
         format!("[{GW6}]:")
     } else {

@@ -411,8 +411,7 @@ fn udp_forward_several_clients_interleaved() {
 }
 
 /// The guest's TCP server sees 198.51.100.1 for a client in the host namespace that
-/// connects to 198.51.100.1:PORT, and its own address 10.0.2.100 for one that connects
-/// to 127.0.0.1:PORT (spliced; 10.0.2.2 under slirp4netns).
+/// connects to 198.51.100.1:PORT, and 10.0.2.2 for one that connects to 127.0.0.1:PORT.
 #[test]
 fn guest_sees_real_client_address() {
     let host = HostNs::new();
@@ -431,17 +430,10 @@ fn guest_sees_real_client_address() {
         outside.starts_with("198.51.100.1:"),
         "client from 198.51.100.1 should be seen as itself, the guest saw {outside:?}"
     );
-    // usernet splices loopback clients over the guest's own loopback (the guest sees
-    // its own address); slirp4netns shows them as the gateway.
     let lo = peer_seen(&s.host, SocketAddr::from(([127, 0, 0, 1], hp)));
-    let want = if engine_is_slirp4netns() {
-        "10.0.2.2:"
-    } else {
-        "10.0.2.100:"
-    };
     assert!(
-        lo.starts_with(want),
-        "a loopback client should be seen as {want}, the guest saw {lo:?}"
+        lo.starts_with("10.0.2.2:"),
+        "a loopback client should be seen as 10.0.2.2, the guest saw {lo:?}"
     );
     // the client port is kept for outside clients (one connection, one flow).
     let c = host_connect(&s.host, SocketAddr::from(([198, 51, 100, 1], hp))).expect("connect");
@@ -1040,15 +1032,15 @@ fn api_clients_do_not_block_each_other_or_data() {
     drop(idle);
 }
 
-/// A forward's loopback clients are spliced into the guest's namespace: 3 MB echoed
+/// With `--splice`, a forward's loopback clients are spliced into the guest's namespace: 3 MB echoed
 /// intact with the client's half-close passed on, a guest that closes first gives the
 /// client its bytes and a clean end of stream, the stats count the spliced flows (and no
-/// TAP flow), and every spliced flow is gone afterwards. With `--no-splice` the same
+/// TAP flow), and every spliced flow is gone afterwards. Without `--splice` the same
 /// echo takes the ordinary path and the guest sees the gateway, as with slirp4netns.
 #[test]
-fn loopback_forward_is_spliced_and_no_splice_keeps_the_gateway() {
+fn splice_joins_loopback_clients_to_the_guest_and_default_keeps_the_gateway() {
     if engine_is_slirp4netns() {
-        return; // slirp4netns has no splice path and no --no-splice
+        return; // slirp4netns has no splice path and no --splice
     }
     for splice in [true, false] {
         let host = HostNs::new();
@@ -1059,8 +1051,8 @@ fn loopback_forward_is_spliced_and_no_splice_keeps_the_gateway() {
         let a = api.to_string_lossy().to_string();
         let (r1, r2) = (format!("{hp}:9000"), format!("{hp2}:9001"));
         let mut args = vec!["-a", &a, "-p", &r1, "-p", &r2];
-        if !splice {
-            args.push("--no-splice");
+        if splice {
+            args.push("--splice");
         }
         let engine = Engine::start(&host, &guest, &EngineOpts::configure(&args));
         let s = Setup {
@@ -1115,7 +1107,11 @@ fn loopback_forward_is_spliced_and_no_splice_keeps_the_gateway() {
                 "{v}"
             );
         } else {
-            assert_eq!(n(&v, "spliced_total"), Some(0), "--no-splice spliced: {v}");
+            assert_eq!(
+                n(&v, "spliced_total"),
+                Some(0),
+                "spliced without --splice: {v}"
+            );
             assert_eq!(n(&v, "total"), Some(2), "both flows through the TAP: {v}");
             assert_eq!(
                 v.pointer("/return/flows/tcp/splice"),

@@ -53,6 +53,12 @@ const GUEST_TIME_WAIT: Duration = Duration::from_secs(60);
 const TRIM_AFTER_RELEASES: usize = 1024;
 /// Recently closed forwarded tuples remembered (beyond this, the oldest is forgotten).
 const MAX_RECENT: usize = 16384;
+/// The source ports a forwarded connection may be given when its client's own port is
+/// taken or recently used: `FWD_PORT_FIRST..=65535`, tried in turn.
+const FWD_PORT_FIRST: u16 = 1024;
+/// Ports tried before a forwarded connection is refused: with at most [`MAX_RECENT`]
+/// of the 64 512 ports remembered, a run this long of used ones does not happen.
+const FWD_PORT_TRIES: usize = 1024;
 /// `poll_egress` calls per flow per turn (each emits at most one segment): bounds one
 /// flow's burst so that others get their turn.
 const EGRESS_BURST: usize = 256;
@@ -305,7 +311,7 @@ impl TcpTable {
             half_open: 0,
             dirty: Vec::new(),
             blocked: Vec::new(),
-            next_port: 40000,
+            next_port: FWD_PORT_FIRST,
             recent: std::collections::VecDeque::new(),
             recent_set: std::collections::HashSet::new(),
             released_since_trim: 0,
@@ -543,13 +549,13 @@ impl TcpTable {
             || key.remote.port() == 0
             || self.recently_closed(&key, now)
         {
-            if tries == 64 {
+            if tries == FWD_PORT_TRIES {
                 ctx.drop(DropReason::TcpTableFull);
                 return;
             }
             tries += 1;
-            self.next_port = if self.next_port >= 60999 {
-                40000
+            self.next_port = if self.next_port == u16::MAX {
+                FWD_PORT_FIRST
             } else {
                 self.next_port + 1
             };
