@@ -145,6 +145,8 @@ pub struct Readiness {
     pub error: bool,
     /// The peer's end of stream (or a reset) has arrived (`EPOLLRDHUP`).
     pub read_closed: bool,
+    /// TCP urgent data has arrived (`EPOLLPRI`): a read stops short at its mark.
+    pub priority: bool,
 }
 
 impl Readiness {
@@ -155,6 +157,7 @@ impl Readiness {
             writable: ev.is_writable() || ev.is_write_closed(),
             error: ev.is_error(),
             read_closed: ev.is_read_closed(),
+            priority: ev.is_priority(),
         }
     }
 }
@@ -903,10 +906,18 @@ impl Router {
             readable,
             writable,
             error,
-            ..
+            read_closed,
+            priority,
         } = ev;
         match owner {
-            Owner::Tcp(i) => self.tcp.host_event(i, readable, writable || error),
+            // After an end of stream, an error or urgent data, a short read no longer
+            // means the socket is empty.
+            Owner::Tcp(i) => self.tcp.host_event(
+                i,
+                readable || priority,
+                writable || error,
+                read_closed || error || priority,
+            ),
             Owner::Udp(i) => self.udp.host_event(&mut self.ctx, now, i, readable, error),
             Owner::Icmp(i) => self.icmp.host_event(&mut self.ctx, now, Some(i), 0),
             Owner::IcmpRaw(f) => self.icmp.host_event(&mut self.ctx, now, None, f),

@@ -338,6 +338,7 @@ impl Splicer {
             writable,
             error,
             read_closed,
+            ..
         } = ev;
         let i = token_index >> 1;
         let guest_side = token_index & 1 == 1;

@@ -94,6 +94,10 @@ struct TcpFlow {
     syn_len: usize,
     host_readable: bool,
     host_writable: bool,
+    /// The host's end of stream, an error or urgent data has arrived, maybe not read
+    /// yet: no readiness edge will come for it again, and a read may stop short of it,
+    /// so from now on reads go on until one would block.
+    host_hup: bool,
     host_eof: bool,
     host_wr_shut: bool,
     guest_fin: bool,
@@ -259,8 +263,9 @@ fn dev<'a>(ctx: &'a mut Ctx, caps: &'a DeviceCapabilities, rx: Option<&'a [u8]>)
 }
 
 enum Pump {
-    /// This many bytes moved.
-    Data(usize),
+    /// This many bytes moved, and whether that filled all the room offered (the socket
+    /// may hold more).
+    Data(usize, bool),
     Full,
     Again,
     Eof,
@@ -480,7 +485,7 @@ impl TcpTable {
         if let Err(e) = ctx.registry.register(
             &mut host,
             Owner::Tcp(idx).token(),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
         ) {
             tracing::warn!(error = %e, "cannot register a host socket");
             send_rst(ctx, &key, &seg);
@@ -506,6 +511,7 @@ impl TcpTable {
             syn_len,
             host_readable: false,
             host_writable: false,
+            host_hup: false,
             host_eof: false,
             host_wr_shut: false,
             guest_fin: false,
@@ -579,7 +585,7 @@ impl TcpTable {
             .register(
                 &mut host,
                 Owner::Tcp(idx).token(),
-                Interest::READABLE | Interest::WRITABLE,
+                Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
             )
             .is_err()
         {
@@ -597,6 +603,7 @@ impl TcpTable {
             syn_len: 0,
             host_readable: true,
             host_writable: true,
+            host_hup: false,
             host_eof: false,
             host_wr_shut: false,
             guest_fin: false,
@@ -615,10 +622,11 @@ impl TcpTable {
     }
 
     /// Readiness of a flow's host socket.
-    pub fn host_event(&mut self, idx: usize, readable: bool, writable: bool) {
+    pub fn host_event(&mut self, idx: usize, readable: bool, writable: bool, hup: bool) {
         if let Some(f) = self.flows.get_mut(idx) {
             f.host_readable |= readable;
             f.host_writable |= writable;
+            f.host_hup |= hup;
         }
         self.mark_dirty(idx);
     }
@@ -791,7 +799,7 @@ impl TcpTable {
                     .register(
                         &mut h,
                         Owner::Tcp(idx).token(),
-                        Interest::READABLE | Interest::WRITABLE,
+                        Interest::READABLE | Interest::WRITABLE | Interest::PRIORITY,
                     )
                     .is_ok()
                 {
@@ -982,14 +990,24 @@ fn pump_host_to_guest(f: &mut TcpFlow) {
             }
             match (&*host).read(buf) {
                 Ok(0) => (0, Pump::Eof),
-                Ok(n) => (n, Pump::Data(n)),
+                Ok(n) => (n, Pump::Data(n, n == buf.len())),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Pump::Again),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::Data(0)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => (0, Pump::Data(0, true)),
                 Err(e) => (0, Pump::Failed(e)),
             }
         });
         match r {
-            Ok(Pump::Data(n)) => f.to_guest_bytes = f.to_guest_bytes.saturating_add(n),
+            Ok(Pump::Data(n, filled)) => {
+                f.to_guest_bytes = f.to_guest_bytes.saturating_add(n);
+                // A read that did not fill the room took everything the socket held
+                // (a TCP read stops early only at an empty queue or the end of stream):
+                // skip the read that would only say "would block". New data raises a
+                // new readiness edge; an end of stream already here does not, hence
+                // `host_hup`.
+                if !filled && !f.host_hup {
+                    f.host_readable = false;
+                }
+            }
             Ok(Pump::Full) | Err(_) => return,
             Ok(Pump::Again) => f.host_readable = false,
             Ok(Pump::Eof) => {
