@@ -945,7 +945,7 @@ impl Router {
                     let stream = match (&mut self.splice, a.loopback) {
                         (Some(sp), true) => {
                             match sp.open(&self.ctx.registry, now, a.stream, a.target) {
-                                splice::Opened::Spliced => continue,
+                                splice::Opened::Handled => continue,
                                 splice::Opened::Fallback(s) => s,
                             }
                         }

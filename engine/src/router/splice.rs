@@ -22,6 +22,12 @@
 //! (host and guest side), where the ordinary path crosses one plus usernet's own TCP, which
 //! costs less; forwarded connect+close runs about 25 % slower spliced.
 //!
+//! Known limits: TCP urgent data stops `splice(2)` at its mark (the kernel's
+//! `tcp_read_sock`), so a spliced flow that receives it stalls (only that flow; the
+//! ordinary path handles urgent data). The factory is asked synchronously, once per
+//! `FACTORY_BATCH` (8) connections; a helper that stopped answering
+//! holds the loop for at most its 1 s timeout once, and splicing is then off.
+//!
 //! Each direction has its own pipe and runs "drain the pipe into the destination, then
 //! refill it from the source" until the destination is full or the source is empty.
 //! End of stream becomes `shutdown(SHUT_WR)` on the other side (half-close is kept); an
@@ -64,7 +70,9 @@ pub const TIME_WAIT_BUDGET: usize = 4096;
 /// How long Linux keeps a TIME-WAIT entry (`TCP_TIMEWAIT_LEN`).
 pub const TIME_WAIT: Duration = Duration::from_secs(60);
 
-const PAGE: usize = 4096;
+/// The largest page size of any Linux architecture. A pipe has one slot per page of its
+/// capacity, so `capacity / MAX_PAGE` is a lower bound on its slots wherever it runs.
+const MAX_PAGE: usize = 64 * 1024;
 
 struct Pipe {
     r: OwnedFd,
@@ -81,8 +89,8 @@ impl Pipe {
         let cap = fcntl(&w, FcntlArg::F_GETPIPE_SZ)
             .ok()
             .and_then(|c| usize::try_from(c).ok())
-            .filter(|&c| c >= PAGE)
-            .unwrap_or(16 * PAGE);
+            .filter(|&c| c > 0)
+            .unwrap_or(64 * 1024);
         Ok(Pipe { r, w, len: 0, cap })
     }
 }
@@ -144,7 +152,7 @@ impl Half {
                     self.pipe.len = n;
                     // Each pipe slot holds at least one byte: fewer bytes than slots means
                     // the pipe did not fill up, so the socket had no more.
-                    self.drained = !self.hup && n < want && n < self.pipe.cap / PAGE;
+                    self.drained = !self.hup && n < want && n < self.pipe.cap / MAX_PAGE;
                 }
                 Err(Errno::EAGAIN) => return Ok(()),
                 Err(Errno::EINTR) => continue,
@@ -157,6 +165,9 @@ impl Half {
         self.shut && self.pipe.len == 0
     }
 }
+
+/// A guest socket (connected or connecting) and the two pipes of a new flow.
+type GuestSide = (std::net::TcpStream, [Pipe; 2]);
 
 struct Flow {
     host: TcpStream,
@@ -184,8 +195,8 @@ pub struct Splicer {
 
 /// What [`Splicer::open`] did with a connection.
 pub enum Opened {
-    /// Spliced (or reset, if the guest refused it at once).
-    Spliced,
+    /// Taken care of: spliced, or reset because the guest refused it at once.
+    Handled,
     /// Not spliceable: here is the stream back, for the ordinary path.
     Fallback(std::net::TcpStream),
 }
@@ -226,7 +237,7 @@ impl Splicer {
         match self.try_open(target) {
             Ok(Some((guest, pipes))) => {
                 self.insert(registry, host, guest, pipes);
-                Opened::Spliced
+                Opened::Handled
             }
             Ok(None) => {
                 self.fallbacks += 1;
@@ -236,18 +247,14 @@ impl Splicer {
                 // The guest refused at once: the client sees a reset, as on the ordinary path.
                 tracing::debug!(%target, error = %e, "spliced forward refused");
                 reset(&host);
-                Opened::Spliced
+                Opened::Handled
             }
         }
     }
 
     /// A connected-or-connecting guest socket and two pipes; `Ok(None)` when the
     /// connection should take the ordinary path.
-    #[allow(clippy::type_complexity)]
-    fn try_open(
-        &mut self,
-        target: SocketAddr,
-    ) -> io::Result<Option<(std::net::TcpStream, [Pipe; 2])>> {
+    fn try_open(&mut self, target: SocketAddr) -> io::Result<Option<GuestSide>> {
         if self.flows.len() >= self.max_flows {
             return Ok(None);
         }
