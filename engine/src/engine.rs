@@ -139,6 +139,7 @@ pub fn run(
     let mut events = Events::with_capacity(1024);
     let mut port_pending = true;
     let mut port_writable = true;
+    let level = port.reads_level_triggered();
     loop {
         let now = Instant::now();
         let timeout = if port_pending {
@@ -214,7 +215,8 @@ pub fn run(
                 router.handle_frame(now, f);
             });
             match r {
-                Ok(more) => port_pending = more,
+                // A level-triggered port is reported again while frames wait.
+                Ok(more) => port_pending = more && !level,
                 Err(e) if port.is_fatal(&e) => return Err(EngineError::PortGone(e)),
                 Err(e) => {
                     tracing::debug!(error = %e, "guest interface read error");

@@ -268,11 +268,12 @@ fn tap_port(
     vnet_hdr: bool,
     mtu: usize,
 ) -> Box<dyn usernet_engine::port::Port> {
-    if vnet_hdr {
-        Box::new(TapPort::with_vnet_hdr(fd, mtu))
+    let port = if vnet_hdr {
+        TapPort::with_vnet_hdr(fd, mtu)
     } else {
-        Box::new(TapPort::new(fd))
-    }
+        TapPort::new(fd)
+    };
+    Box::new(port.level_triggered())
 }
 
 /// Process-wide settings every mode wants, before anything allocates much:

@@ -132,6 +132,10 @@ impl Port for PcapPort {
         r
     }
 
+    fn reads_level_triggered(&self) -> bool {
+        self.inner.reads_level_triggered()
+    }
+
     fn flush(&mut self) -> io::Result<bool> {
         let r = self.inner.flush();
         self.w.flush();

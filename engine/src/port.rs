@@ -31,6 +31,12 @@ pub trait Port {
     /// Whether an error from [`write_frame`](Port::write_frame) or
     /// [`read_frames`](Port::read_frames) means the port is gone for good.
     fn is_fatal(&self, e: &io::Error) -> bool;
+    /// Whether the port's readable event is level-triggered: the event loop hears again
+    /// about frames a read round left behind, so it need not come back by itself when
+    /// [`read_frames`](Port::read_frames) says more may be waiting.
+    fn reads_level_triggered(&self) -> bool {
+        false
+    }
 }
 
 /// Largest frame read from a TAP (64 KiB IP MTU plus Ethernet header, with margin).
@@ -42,6 +48,69 @@ const VNET_F_NEEDS_CSUM: u8 = 1;
 const VNET_GSO_TCPV4: u8 = 1;
 const VNET_GSO_TCPV6: u8 = 4;
 
+/// Read pacing of a level-triggered TAP: rounds in a row that found at most one frame
+/// before the pacer stops reading until `EAGAIN`.
+const SINGLE_AFTER_QUIET_ROUNDS: u8 = 4;
+/// In single-frame mode, one round in this many still reads until `EAGAIN`, to notice
+/// that frames now come in bursts.
+const PROBE_EVERY_ROUNDS: u8 = 8;
+
+/// How many frames the next read round of a level-triggered TAP takes.
+///
+/// A TAP `read` returns one frame and no sign of whether another waits, so draining the
+/// queue costs one `read` that returns `EAGAIN` per round. When frames come one at a
+/// time (request/response traffic: each round finds one frame), that read is a seventh
+/// of the syscalls of a forwarded round trip. Registered level-triggered, the TAP is
+/// reported again while frames wait, so a round may stop after one frame: the pacer
+/// does that once [`SINGLE_AFTER_QUIET_ROUNDS`] rounds in a row found at most one frame,
+/// and goes back to reading whole batches as soon as a round (a full batch, or the
+/// draining probe every [`PROBE_EVERY_ROUNDS`] rounds) finds more.
+#[derive(Debug, Default)]
+struct ReadPacer {
+    single: bool,
+    quiet: u8,
+    rounds: u8,
+}
+
+impl ReadPacer {
+    /// Frames to read this round, of at most `max`.
+    fn limit(&mut self, max: usize) -> usize {
+        if !self.single {
+            return max;
+        }
+        self.rounds += 1;
+        if self.rounds >= PROBE_EVERY_ROUNDS {
+            self.rounds = 0;
+            max
+        } else {
+            1
+        }
+    }
+
+    /// A round read `n` frames and then found the queue empty.
+    fn drained(&mut self, n: usize) {
+        if n <= 1 {
+            self.quiet = self.quiet.saturating_add(1);
+            if self.quiet >= SINGLE_AFTER_QUIET_ROUNDS {
+                self.single = true;
+            }
+        } else {
+            self.busy();
+        }
+    }
+
+    /// A round read all `limit` frames it was allowed.
+    fn filled(&mut self, limit: usize) {
+        if limit > 1 {
+            self.busy();
+        }
+    }
+
+    fn busy(&mut self) {
+        *self = ReadPacer::default();
+    }
+}
+
 /// A TAP device (one frame per `read`/`write`), optionally with a virtio-net header
 /// before each frame (`IFF_VNET_HDR`).
 pub struct TapPort {
@@ -50,6 +119,9 @@ pub struct TapPort {
     /// With virtio-net headers: the guest's IP MTU. A TCP frame larger than it is
     /// written as one GSO packet (TSO), its checksum left partial for the kernel.
     vnet_mtu: Option<usize>,
+    /// Level-triggered reads ([`TapPort::level_triggered`]): the pacer, and a second fd
+    /// of the same TAP that carries the edge-triggered writable event.
+    level: Option<(ReadPacer, Option<OwnedFd>)>,
 }
 
 impl TapPort {
@@ -59,7 +131,17 @@ impl TapPort {
             fd,
             buf: vec![0u8; TAP_FRAME_MAX + VNET_HDR_LEN],
             vnet_mtu: None,
+            level: None,
         }
+    }
+
+    /// Watch the TAP's readable event level-triggered and pace reads with a
+    /// [`ReadPacer`]: for an event loop that polls again after every read round (the
+    /// single-guest engine), where it saves the `read` that returns `EAGAIN` when frames
+    /// come one at a time.
+    pub fn level_triggered(mut self) -> TapPort {
+        self.level = Some((ReadPacer::default(), None));
+        self
     }
 
     /// Wrap a TAP fd opened with `IFF_VNET_HDR` toward a guest of IP MTU `mtu`.
@@ -125,11 +207,34 @@ pub fn gso_header(frame: &[u8], mtu: usize) -> Option<([u8; VNET_HDR_LEN], usize
 
 impl Port for TapPort {
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        registry.register(
-            &mut SourceFd(&self.fd.as_raw_fd()),
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        )
+        let Some((_, wfd)) = &mut self.level else {
+            return registry.register(
+                &mut SourceFd(&self.fd.as_raw_fd()),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        };
+        // Readable, level-triggered: mio registers edge-triggered only, so register
+        // through it and then clear EPOLLET on its epoll instance. Writable stays
+        // edge-triggered (a TAP is nearly always writable) on a duplicate of the fd:
+        // epoll keys registrations by file and fd number, so both may share the token.
+        let raw = self.fd.as_raw_fd();
+        registry.register(&mut SourceFd(&raw), token, Interest::READABLE)?;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token.0 as u64,
+        };
+        // SAFETY: the registry's fd is mio's live epoll instance, `raw` is an open fd
+        // registered in it just above, and `ev` is a valid epoll_event on the stack
+        // that the kernel only reads.
+        let r = unsafe { libc::epoll_ctl(registry.as_raw_fd(), libc::EPOLL_CTL_MOD, raw, &mut ev) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dup = self.fd.try_clone()?;
+        registry.register(&mut SourceFd(&dup.as_raw_fd()), token, Interest::WRITABLE)?;
+        *wfd = Some(dup);
+        Ok(())
     }
 
     fn read_frames(&mut self, max: usize, sink: &mut dyn FnMut(&[u8])) -> io::Result<bool> {
@@ -138,18 +243,38 @@ impl Port for TapPort {
         } else {
             0
         };
-        for _ in 0..max {
+        let limit = match &mut self.level {
+            Some((pacer, _)) => pacer.limit(max),
+            None => max,
+        };
+        let mut got = 0;
+        while got < limit {
             match nix::unistd::read(&self.fd, &mut self.buf) {
                 Ok(0) => return Err(io::Error::from_raw_os_error(libc::EBADFD)),
                 // No offloads are enabled toward us: the header carries nothing.
-                Ok(n) if n >= skip => sink(&self.buf[skip..n]),
-                Ok(_) => {}
-                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Ok(n) if n >= skip => {
+                    got += 1;
+                    sink(&self.buf[skip..n])
+                }
+                Ok(_) => got += 1,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if let Some((pacer, _)) = &mut self.level {
+                        pacer.drained(got);
+                    }
+                    return Ok(false);
+                }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Some((pacer, _)) = &mut self.level {
+            pacer.filled(limit);
+        }
         Ok(true)
+    }
+
+    fn reads_level_triggered(&self) -> bool {
+        self.level.is_some()
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<bool> {
@@ -258,5 +383,98 @@ mod tests {
         udp[ETH_HLEN + 9] = 17;
         assert!(gso_header(&udp, 1500).is_none());
         assert!(gso_header(&f[..60], 20).is_none());
+    }
+
+    #[test]
+    fn pacer_goes_single_after_quiet_rounds_and_back_on_a_burst() {
+        let mut p = ReadPacer::default();
+        for _ in 0..SINGLE_AFTER_QUIET_ROUNDS {
+            assert_eq!(p.limit(256), 256);
+            p.drained(1);
+        }
+        // One frame per round now, with a draining probe every PROBE_EVERY_ROUNDS.
+        let limits: Vec<usize> = (0..2 * PROBE_EVERY_ROUNDS)
+            .map(|_| {
+                let l = p.limit(256);
+                if l == 1 {
+                    p.filled(1)
+                } else {
+                    p.drained(1)
+                }
+                l
+            })
+            .collect();
+        assert_eq!(limits.iter().filter(|&&l| l == 256).count(), 2);
+        assert!(limits.iter().filter(|&&l| l == 1).count() >= 14);
+        // A probe that finds a burst goes back to whole batches at once.
+        while p.limit(256) == 1 {
+            p.filled(1);
+        }
+        p.drained(5);
+        assert_eq!(p.limit(256), 256);
+        // So does a full batch; an empty round counts as quiet.
+        for _ in 0..SINGLE_AFTER_QUIET_ROUNDS {
+            p.drained(0);
+        }
+        assert!(p.single);
+        while p.limit(256) == 1 {}
+        p.filled(256);
+        assert_eq!(p.limit(256), 256);
+    }
+
+    /// A seqpacket socket stands in for the TAP: one packet per `read`, `EAGAIN` when
+    /// none waits.
+    #[test]
+    fn level_triggered_tap_is_reported_again_for_frames_a_round_left() {
+        use mio::{Events, Poll};
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let mut port = TapPort::new(a).level_triggered();
+        assert!(port.reads_level_triggered());
+        let mut poll = Poll::new().unwrap();
+        port.register(poll.registry(), Token(7)).unwrap();
+        let mut events = Events::with_capacity(8);
+        let wait = |poll: &mut Poll, events: &mut Events| -> (bool, bool) {
+            poll.poll(events, Some(std::time::Duration::ZERO)).unwrap();
+            let r = events
+                .iter()
+                .any(|e| e.token() == Token(7) && e.is_readable());
+            let w = events
+                .iter()
+                .any(|e| e.token() == Token(7) && e.is_writable());
+            (r, w)
+        };
+        // The duplicate fd reports writable (edge-triggered: once).
+        assert_eq!(wait(&mut poll, &mut events), (false, true));
+        assert_eq!(wait(&mut poll, &mut events), (false, false));
+        // Frames one at a time: the pacer goes single.
+        for i in 0..SINGLE_AFTER_QUIET_ROUNDS {
+            nix::unistd::write(&b, &[i; 20]).unwrap();
+            assert!(wait(&mut poll, &mut events).0);
+            let mut n = 0;
+            assert!(!port.read_frames(256, &mut |_| n += 1).unwrap());
+            assert_eq!(n, 1);
+        }
+        // Three at once: each round takes one, and the TAP is reported again until the
+        // queue is empty, although no new frame arrived.
+        for i in 0..3u8 {
+            nix::unistd::write(&b, &[100 + i; 20]).unwrap();
+        }
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            assert!(wait(&mut poll, &mut events).0, "left frames are reported");
+            assert!(port.read_frames(256, &mut |f| seen.push(f[0])).unwrap());
+        }
+        assert_eq!(seen, [100, 101, 102]);
+        assert!(
+            !wait(&mut poll, &mut events).0,
+            "an empty TAP is not reported"
+        );
     }
 }
