@@ -57,7 +57,7 @@ pub fn if_config(cfg: &crate::config::Config, net: &NetArgs, configure: bool) ->
         gateway: cfg.gateway,
         mtu: cfg.mtu,
         mac: net.macaddress.map(|m| m.0),
-        vnet_hdr: cfg.mtu <= crate::config::TSO_MAX_GUEST_MTU && !net.disable_tso,
+        vnet_hdr: !net.disable_tso,
     }
 }
 

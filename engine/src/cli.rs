@@ -67,7 +67,7 @@ pub struct NetArgs {
     /// Write every frame to and from the guest to this file, in pcap format
     #[arg(long = "pcap", value_name = "FILE")]
     pub pcap: Option<PathBuf>,
-    /// Do not use TCP segmentation offload toward a TAP guest with a small MTU (virtio-net headers)
+    /// Do not use offloads toward a TAP guest (virtio-net headers): TCP checksum offload, and segmentation offload for a guest MTU up to 16384
     #[arg(long = "disable-tso")]
     pub disable_tso: bool,
     /// Splice TCP forwards from the host's loopback straight into the guest's namespace (namespace modes): faster bulk transfers, and the guest sees those clients as its own address instead of the gateway

@@ -167,6 +167,10 @@ pub struct Config {
     /// The port takes TCP segments up to [`TSO_MTU`] (a TAP with virtio-net headers):
     /// smoltcp sends 64 KiB segments and the guest's MSS is raised to match.
     pub tso: bool,
+    /// The port completes TCP checksums toward the guest (a TAP with virtio-net headers,
+    /// [`crate::port::offload_header`]): smoltcp leaves them out, and the guest's kernel
+    /// takes the segments as checksum-offloaded, so neither side reads the data for it.
+    pub csum_offload: bool,
     /// The guest interface was configured by usernet (`--configure`, `usernet run`).
     pub configured: bool,
     /// IP filter rules for guests' new flows (`--filter`), first match wins.
@@ -194,6 +198,7 @@ impl Config {
             internal: false,
             filters: Vec::new(),
             tso: false,
+            csum_offload: false,
             filter_default: usernet_portfwd::filter::Action::Allow,
             enable_dns: true,
             outbound_addr: None,

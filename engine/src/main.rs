@@ -86,18 +86,19 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
     write_pid_file(&cli.net)?;
     let mut cfg = cfg;
     cfg.configured = cli.configure;
-    cfg.tso = tap.vnet_hdr;
+    set_offloads(&mut cfg, &cli.net, tap.vnet_hdr);
     let cp = control_plane(&cli.net, &cfg)?;
     tracing::info!(
         target = %cli.target, tap = %cli.tap_name, mtu = cfg.mtu,
         network = %format!("{}/{}", cfg.network, cfg.prefix_len), "TAP open"
     );
     let cfg_mtu = cfg.mtu as usize;
+    let csum = cfg.csum_offload;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
         cp.poll,
         cfg,
-        wrap_pcap(&cli.net, tap_port(tap.fd, tap.vnet_hdr, cfg_mtu))?,
+        wrap_pcap(&cli.net, tap_port(tap.fd, tap.vnet_hdr, cfg_mtu, csum))?,
         Some(tap.mac),
         stats.clone(),
         LoopOptions {
@@ -170,9 +171,12 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     let mac = child.tap.mac;
     let mut cfg = cfg;
     cfg.configured = true;
-    cfg.tso = child.tap.vnet_hdr;
+    set_offloads(&mut cfg, &cli.net, child.tap.vnet_hdr);
     let cp = control_plane(&cli.net, &cfg)?;
-    let port = wrap_pcap(&cli.net, tap_port(fd, cfg.tso, cfg.mtu as usize))?;
+    let port = wrap_pcap(
+        &cli.net,
+        tap_port(fd, child.tap.vnet_hdr, cfg.mtu as usize, cfg.csum_offload),
+    )?;
     child.start()?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
@@ -262,14 +266,28 @@ fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The TAP port, with virtio-net headers (TSO toward the guest) when the TAP has them.
+/// Offloads toward a TAP opened with virtio-net headers: TSO for a guest MTU up to
+/// `TSO_MAX_GUEST_MTU` (above it, segments are large already), and TCP checksum offload
+/// unless a pcap recording wants the frames complete as they leave the engine.
+fn set_offloads(
+    cfg: &mut usernet_engine::config::Config,
+    net: &usernet_engine::cli::NetArgs,
+    vnet_hdr: bool,
+) {
+    cfg.tso = vnet_hdr && cfg.mtu <= usernet_engine::config::TSO_MAX_GUEST_MTU;
+    cfg.csum_offload = vnet_hdr && net.pcap.is_none();
+}
+
+/// The TAP port, with virtio-net headers (TSO and checksum offload toward the guest)
+/// when the TAP has them.
 fn tap_port(
     fd: std::os::fd::OwnedFd,
     vnet_hdr: bool,
     mtu: usize,
+    csum_offload: bool,
 ) -> Box<dyn usernet_engine::port::Port> {
     let port = if vnet_hdr {
-        TapPort::with_vnet_hdr(fd, mtu)
+        TapPort::with_vnet_hdr(fd, mtu, csum_offload)
     } else {
         TapPort::new(fd)
     };

@@ -119,6 +119,9 @@ pub struct TapPort {
     /// With virtio-net headers: the guest's IP MTU. A TCP frame larger than it is
     /// written as one GSO packet (TSO), its checksum left partial for the kernel.
     vnet_mtu: Option<usize>,
+    /// With virtio-net headers: every TCP frame goes with its checksum partial
+    /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, [`Config::csum_offload`](crate::config::Config)).
+    csum_offload: bool,
     /// Level-triggered reads ([`TapPort::level_triggered`]): the pacer, and a second fd
     /// of the same TAP that carries the edge-triggered writable event.
     level: Option<(ReadPacer, Option<OwnedFd>)>,
@@ -131,6 +134,7 @@ impl TapPort {
             fd,
             buf: vec![0u8; TAP_FRAME_MAX + VNET_HDR_LEN],
             vnet_mtu: None,
+            csum_offload: false,
             level: None,
         }
     }
@@ -144,10 +148,13 @@ impl TapPort {
         self
     }
 
-    /// Wrap a TAP fd opened with `IFF_VNET_HDR` toward a guest of IP MTU `mtu`.
-    pub fn with_vnet_hdr(fd: OwnedFd, mtu: usize) -> TapPort {
+    /// Wrap a TAP fd opened with `IFF_VNET_HDR` toward a guest of IP MTU `mtu`. With
+    /// `csum_offload`, every TCP frame is written with its checksum partial, for the
+    /// frames of an engine whose smoltcp leaves TCP checksums out.
+    pub fn with_vnet_hdr(fd: OwnedFd, mtu: usize, csum_offload: bool) -> TapPort {
         TapPort {
             vnet_mtu: Some(mtu),
+            csum_offload,
             ..TapPort::new(fd)
         }
     }
@@ -155,9 +162,16 @@ impl TapPort {
 
 /// The virtio-net header for `frame` toward a guest of IP MTU `mtu`, and where the TCP
 /// checksum is with its partial value, when the frame is a TCP segment larger than the
-/// MTU (GSO); `None` for a frame sent as it is.
-pub fn gso_header(frame: &[u8], mtu: usize) -> Option<([u8; VNET_HDR_LEN], usize, [u8; 2])> {
-    if frame.len() <= ETH_HLEN + mtu || frame.len() < ETH_HLEN + 40 {
+/// MTU (GSO), or any TCP segment with `csum` (checksum offload: the guest's kernel takes
+/// it as `CHECKSUM_PARTIAL`, as from a virtio-net device, and never verifies it);
+/// `None` for a frame sent as it is.
+pub fn offload_header(
+    frame: &[u8],
+    mtu: usize,
+    csum: bool,
+) -> Option<([u8; VNET_HDR_LEN], usize, [u8; 2])> {
+    let gso = frame.len() > ETH_HLEN + mtu;
+    if !(gso || csum) || frame.len() < ETH_HLEN + 40 {
         return None;
     }
     let ip = &frame[ETH_HLEN..];
@@ -190,14 +204,16 @@ pub fn gso_header(frame: &[u8], mtu: usize) -> Option<([u8; VNET_HDR_LEN], usize
     if tcp_hl < 20 || tcp.len() < tcp_hl {
         return None;
     }
-    let gso_size = mtu.checked_sub(ip_hl + tcp_hl)?;
     let hdr_len = ETH_HLEN + ip_hl + tcp_hl;
     let csum_start = ETH_HLEN + ip_hl;
     let mut h = [0u8; VNET_HDR_LEN];
     h[0] = VNET_F_NEEDS_CSUM;
-    h[1] = gso_type;
-    h[2..4].copy_from_slice(&(hdr_len as u16).to_le_bytes());
-    h[4..6].copy_from_slice(&(gso_size as u16).to_le_bytes());
+    if gso {
+        let gso_size = mtu.checked_sub(ip_hl + tcp_hl)?;
+        h[1] = gso_type;
+        h[2..4].copy_from_slice(&(hdr_len as u16).to_le_bytes());
+        h[4..6].copy_from_slice(&(gso_size as u16).to_le_bytes());
+    }
     h[6..8].copy_from_slice(&(csum_start as u16).to_le_bytes());
     h[8..10].copy_from_slice(&16u16.to_le_bytes());
     // CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented.
@@ -298,11 +314,12 @@ impl Port for TapPort {
 
 impl TapPort {
     /// Write one frame after its virtio-net header, without copying it: a GSO header
-    /// and the partial checksum for a TCP segment above the MTU, zeros otherwise.
+    /// and the partial checksum for a TCP segment above the MTU, the partial checksum
+    /// for any other TCP segment with checksum offload, zeros otherwise.
     fn write_vnet(&mut self, frame: &[u8], mtu: usize) -> io::Result<bool> {
         use std::io::IoSlice;
         let zero = [0u8; VNET_HDR_LEN];
-        let gso = gso_header(frame, mtu);
+        let gso = offload_header(frame, mtu, self.csum_offload);
         loop {
             let r = match &gso {
                 Some((h, at, csum)) => nix::sys::uio::writev(
@@ -357,9 +374,9 @@ mod tests {
 
     #[test]
     fn large_tcp_segments_get_a_gso_header_and_small_ones_none() {
-        assert!(gso_header(&tcp4(1448), 1500).is_none());
+        assert!(offload_header(&tcp4(1448), 1500, false).is_none());
         let f = tcp4(60000);
-        let (h, at, csum) = gso_header(&f, 1500).unwrap();
+        let (h, at, csum) = offload_header(&f, 1500, false).unwrap();
         assert_eq!(h[0], VNET_F_NEEDS_CSUM);
         assert_eq!(h[1], VNET_GSO_TCPV4);
         assert_eq!(
@@ -381,8 +398,36 @@ mod tests {
         // Not TCP, or truncated: sent as it is.
         let mut udp = tcp4(60000);
         udp[ETH_HLEN + 9] = 17;
-        assert!(gso_header(&udp, 1500).is_none());
-        assert!(gso_header(&f[..60], 20).is_none());
+        assert!(offload_header(&udp, 1500, false).is_none());
+        assert!(offload_header(&f[..60], 20, false).is_none());
+        assert!(offload_header(&udp, 1500, true).is_none());
+    }
+
+    #[test]
+    fn with_checksum_offload_every_tcp_segment_gets_a_partial_checksum() {
+        let f = tcp4(1448);
+        let (h, at, csum) = offload_header(&f, 1500, true).unwrap();
+        assert_eq!(h[0], VNET_F_NEEDS_CSUM);
+        assert_eq!(h[1], 0, "no GSO");
+        assert_eq!(u16::from_le_bytes([h[4], h[5]]), 0, "gso_size");
+        assert_eq!(u16::from_le_bytes([h[6], h[7]]), (ETH_HLEN + 20) as u16);
+        assert_eq!(u16::from_le_bytes([h[8], h[9]]), 16);
+        assert_eq!(at, ETH_HLEN + 20 + 16);
+        let want =
+            crate::frames::pseudo([10, 0, 2, 2].into(), [10, 0, 2, 100].into(), 6, 32 + 1448);
+        assert_eq!(u16::from_be_bytes(csum), want);
+        // Above the MTU it is a GSO packet as without the offload.
+        let (h, _, _) = offload_header(&tcp4(60000), 1500, true).unwrap();
+        assert_eq!(h[1], VNET_GSO_TCPV4);
+        // IPv6.
+        let mut f6 = vec![0u8; ETH_HLEN + 40 + 20 + 10];
+        f6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f6[ETH_HLEN] = 0x60;
+        f6[ETH_HLEN + 6] = 6;
+        f6[ETH_HLEN + 40 + 12] = 5 << 4;
+        let (h, at, _) = offload_header(&f6, 1500, true).unwrap();
+        assert_eq!((h[0], h[1]), (VNET_F_NEEDS_CSUM, 0));
+        assert_eq!(at, ETH_HLEN + 40 + 16);
     }
 
     #[test]

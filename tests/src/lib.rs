@@ -1241,6 +1241,60 @@ impl PacketSocket {
     }
 }
 
+impl PacketSocket {
+    /// Sets the receive buffer to `bytes`, above the system's cap (needs root), so that
+    /// a capture of a fast transfer keeps its frames.
+    pub fn force_rcvbuf(&self, bytes: i32) -> io::Result<()> {
+        // SAFETY: a plain setsockopt with an int that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Receives one frame seen on the interface (either direction), waiting at most
+    /// `timeout`; `Ok(None)` when none came.
+    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a plain setsockopt with a timeval that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(None),
+            _ => Err(e),
+        }
+    }
+}
+
 /// Internet checksum.
 pub fn inet_checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

@@ -436,3 +436,109 @@ fn tcp_host_unreachable_is_reported() {
         return;
     }
 }
+
+/// The TCP segments usernet wrote toward the guest (source 10.0.2.2) during a 256 KiB
+/// echo through the gateway, as captured on the guest's tap0 (Ethernet frames).
+fn segments_to_guest(extra: &[&str]) -> Vec<Vec<u8>> {
+    let s = Setup::configured(extra);
+    let srv = s.host.tcp_server("127.0.0.1:0", |mut c: TcpStream| {
+        let mut b = vec![0u8; 65536];
+        while let Ok(n) = c.read(&mut b) {
+            if n == 0 || c.write_all(&b[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let port = srv.port();
+    s.guest.run(|| {
+        let ps = PacketSocket::open("tap0").expect("AF_PACKET socket on tap0");
+        ps.force_rcvbuf(256 << 20).expect("SO_RCVBUFFORCE");
+        let mut c = connect_tcp(gateway(port), Duration::from_secs(10)).expect("connect");
+        let data = pattern(77, 256 << 10);
+        let w = {
+            let mut c = c.try_clone().expect("clone");
+            let data = data.clone();
+            thread::spawn(move || c.write_all(&data))
+        };
+        let mut got = vec![0u8; data.len()];
+        c.read_exact(&mut got).expect("echo");
+        w.join().expect("writer").expect("write");
+        assert!(got == data, "the echo came back altered");
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 70000];
+        while let Some(n) = ps.recv(&mut buf, Duration::from_millis(200)).expect("recv") {
+            let f = &buf[..n];
+            let tcp_from_gateway = n >= 54
+                && f[12..14] == [0x08, 0x00]
+                && f[14 + 9] == 6
+                && f[14 + 12..14 + 16] == GATEWAY.octets();
+            if tcp_from_gateway {
+                frames.push(f.to_vec());
+            }
+        }
+        frames
+    })
+}
+
+/// Sum of the IPv4 pseudo-header and `seg` (a TCP segment), folded, not complemented.
+fn tcp_sum(f: &[u8], seg: &[u8]) -> u16 {
+    let mut p = Vec::with_capacity(12 + seg.len());
+    p.extend_from_slice(&f[14 + 12..14 + 20]);
+    p.extend_from_slice(&[0, 6]);
+    p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    p.extend_from_slice(seg);
+    !inet_checksum(&p)
+}
+
+/// With checksum offload (on by default toward a TAP, at any MTU), each TCP segment
+/// toward the guest carries what a virtio-net NIC hands the kernel: the pseudo-header
+/// sum in the checksum field. Completed as the kernel completes it when it forwards the
+/// segment (the sum from the TCP header on, complemented), it must verify. With
+/// `--disable-tso` the segments carry complete checksums instead.
+#[test]
+fn tcp_segments_to_the_guest_carry_checksums_that_verify() {
+    for extra in [&[][..], &["--mtu=65520"][..]] {
+        let frames = segments_to_guest(extra);
+        assert!(
+            frames.len() >= 4,
+            "{extra:?}: only {} segments seen",
+            frames.len()
+        );
+        for f in &frames {
+            let hl = usize::from(f[14] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+            let seg = &f[14 + hl..14 + total];
+            // The field holds the pseudo-header sum: the segment sums to that twice over
+            // without the pseudo-header, i.e. completing it gives a checksum that verifies.
+            let mut done = seg.to_vec();
+            let fin = inet_checksum(&done);
+            done[16..18].copy_from_slice(&fin.to_be_bytes());
+            assert_eq!(
+                tcp_sum(f, &done),
+                0xffff,
+                "{extra:?}: a {}-byte segment does not verify once completed",
+                seg.len()
+            );
+            assert_ne!(
+                tcp_sum(f, seg),
+                0xffff,
+                "{extra:?}: a segment carries a complete checksum, not a partial one"
+            );
+        }
+    }
+    let frames = segments_to_guest(&["--disable-tso"]);
+    assert!(
+        frames.len() >= 4,
+        "--disable-tso: only {} segments",
+        frames.len()
+    );
+    for f in &frames {
+        let hl = usize::from(f[14] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+        assert_eq!(
+            tcp_sum(f, &f[14 + hl..14 + total]),
+            0xffff,
+            "--disable-tso: a segment's checksum does not verify"
+        );
+    }
+}

@@ -282,15 +282,21 @@ impl TcpTable {
         } else {
             ctx.cfg.mtu as usize
         };
-        if !ctx.cfg.verify_checksums {
-            let mut c = ChecksumCapabilities::ignored();
-            c.ipv4 = phy::Checksum::Tx;
-            c.tcp = phy::Checksum::Tx;
-            c.udp = phy::Checksum::Tx;
-            c.icmpv4 = phy::Checksum::Tx;
-            c.icmpv6 = phy::Checksum::Tx;
-            caps.checksum = c;
-        }
+        // smoltcp computes checksums and never verifies them: every segment reaches it
+        // through `handle_segment`, after the router verified the IP header and the TCP
+        // checksum (when `verify_checksums` is on), so a second pass over the data would
+        // only cost time. With checksum offload the port completes TCP checksums.
+        let mut c = ChecksumCapabilities::ignored();
+        c.ipv4 = phy::Checksum::Tx;
+        c.tcp = if ctx.cfg.csum_offload {
+            phy::Checksum::None
+        } else {
+            phy::Checksum::Tx
+        };
+        c.udp = phy::Checksum::Tx;
+        c.icmpv4 = phy::Checksum::Tx;
+        c.icmpv6 = phy::Checksum::Tx;
+        caps.checksum = c;
         let mut config = IfaceConfig::new(HardwareAddress::Ip);
         config.random_seed = seed();
         let smol_now = ctx.smol_now(now);
