@@ -92,13 +92,12 @@ fn cmd_ns(cli: NsCli) -> anyhow::Result<ExitCode> {
         target = %cli.target, tap = %cli.tap_name, mtu = cfg.mtu,
         network = %format!("{}/{}", cfg.network, cfg.prefix_len), "TAP open"
     );
-    let cfg_mtu = cfg.mtu as usize;
-    let csum = cfg.csum_offload;
+    let port = wrap_pcap(&cli.net, tap_port(tap.fd, tap.vnet_hdr, &cfg))?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
         cp.poll,
         cfg,
-        wrap_pcap(&cli.net, tap_port(tap.fd, tap.vnet_hdr, cfg_mtu, csum))?,
+        port,
         Some(tap.mac),
         stats.clone(),
         LoopOptions {
@@ -173,10 +172,7 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
     cfg.configured = true;
     set_offloads(&mut cfg, &cli.net, child.tap.vnet_hdr);
     let cp = control_plane(&cli.net, &cfg)?;
-    let port = wrap_pcap(
-        &cli.net,
-        tap_port(fd, child.tap.vnet_hdr, cfg.mtu as usize, cfg.csum_offload),
-    )?;
+    let port = wrap_pcap(&cli.net, tap_port(fd, child.tap.vnet_hdr, &cfg))?;
     child.start()?;
     let stats = Arc::new(Stats::default());
     let exit = engine::run(
@@ -278,16 +274,15 @@ fn set_offloads(
     cfg.csum_offload = vnet_hdr && net.pcap.is_none();
 }
 
-/// The TAP port, with virtio-net headers (TSO and checksum offload toward the guest)
-/// when the TAP has them.
+/// The TAP port, with virtio-net headers (TSO and checksum offload toward the guest, as
+/// [`set_offloads`] chose) when the TAP has them.
 fn tap_port(
     fd: std::os::fd::OwnedFd,
     vnet_hdr: bool,
-    mtu: usize,
-    csum_offload: bool,
+    cfg: &usernet_engine::config::Config,
 ) -> Box<dyn usernet_engine::port::Port> {
     let port = if vnet_hdr {
-        TapPort::with_vnet_hdr(fd, mtu, csum_offload)
+        TapPort::with_vnet_hdr(fd, cfg.mtu as usize, cfg.csum_offload)
     } else {
         TapPort::new(fd)
     };

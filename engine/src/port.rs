@@ -122,9 +122,11 @@ pub struct TapPort {
     /// With virtio-net headers: every TCP frame goes with its checksum partial
     /// (`VIRTIO_NET_HDR_F_NEEDS_CSUM`, [`Config::csum_offload`](crate::config::Config)).
     csum_offload: bool,
-    /// Level-triggered reads ([`TapPort::level_triggered`]): the pacer, and a second fd
-    /// of the same TAP that carries the edge-triggered writable event.
-    level: Option<(ReadPacer, Option<OwnedFd>)>,
+    /// Level-triggered reads ([`TapPort::level_triggered`]): how many frames a round takes.
+    pacer: Option<ReadPacer>,
+    /// With level-triggered reads: a second fd of the same TAP, registered for the
+    /// edge-triggered writable event.
+    writable_fd: Option<OwnedFd>,
 }
 
 impl TapPort {
@@ -135,7 +137,8 @@ impl TapPort {
             buf: vec![0u8; TAP_FRAME_MAX + VNET_HDR_LEN],
             vnet_mtu: None,
             csum_offload: false,
-            level: None,
+            pacer: None,
+            writable_fd: None,
         }
     }
 
@@ -144,7 +147,7 @@ impl TapPort {
     /// single-guest engine), where it saves the `read` that returns `EAGAIN` when frames
     /// come one at a time.
     pub fn level_triggered(mut self) -> TapPort {
-        self.level = Some((ReadPacer::default(), None));
+        self.pacer = Some(ReadPacer::default());
         self
     }
 
@@ -223,13 +226,13 @@ pub fn offload_header(
 
 impl Port for TapPort {
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
-        let Some((_, wfd)) = &mut self.level else {
+        if self.pacer.is_none() {
             return registry.register(
                 &mut SourceFd(&self.fd.as_raw_fd()),
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             );
-        };
+        }
         // Readable, level-triggered: mio registers edge-triggered only, so register
         // through it and then clear EPOLLET on its epoll instance. Writable stays
         // edge-triggered (a TAP is nearly always writable) on a duplicate of the fd:
@@ -249,7 +252,7 @@ impl Port for TapPort {
         }
         let dup = self.fd.try_clone()?;
         registry.register(&mut SourceFd(&dup.as_raw_fd()), token, Interest::WRITABLE)?;
-        *wfd = Some(dup);
+        self.writable_fd = Some(dup);
         Ok(())
     }
 
@@ -259,10 +262,7 @@ impl Port for TapPort {
         } else {
             0
         };
-        let limit = match &mut self.level {
-            Some((pacer, _)) => pacer.limit(max),
-            None => max,
-        };
+        let limit = self.pacer.as_mut().map_or(max, |p| p.limit(max));
         let mut got = 0;
         while got < limit {
             match nix::unistd::read(&self.fd, &mut self.buf) {
@@ -274,8 +274,8 @@ impl Port for TapPort {
                 }
                 Ok(_) => got += 1,
                 Err(nix::errno::Errno::EAGAIN) => {
-                    if let Some((pacer, _)) = &mut self.level {
-                        pacer.drained(got);
+                    if let Some(p) = &mut self.pacer {
+                        p.drained(got);
                     }
                     return Ok(false);
                 }
@@ -283,14 +283,14 @@ impl Port for TapPort {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some((pacer, _)) = &mut self.level {
-            pacer.filled(limit);
+        if let Some(p) = &mut self.pacer {
+            p.filled(limit);
         }
         Ok(true)
     }
 
     fn reads_level_triggered(&self) -> bool {
-        self.level.is_some()
+        self.pacer.is_some()
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<bool> {

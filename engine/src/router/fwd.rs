@@ -229,12 +229,7 @@ impl Forwards {
                 Ok((s, peer)) => {
                     let _ = s.set_nodelay(true);
                     let target = guest_target(&f.spec, peer, def);
-                    let loopback = match peer.ip() {
-                        IpAddr::V4(a) => a.is_loopback(),
-                        IpAddr::V6(a) => {
-                            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|m| m.is_loopback())
-                        }
-                    };
+                    let loopback = peer.ip().to_canonical().is_loopback();
                     let stream = std::net::TcpStream::from(std::os::fd::OwnedFd::from(s));
                     out.push(Accepted {
                         stream,
