@@ -3,7 +3,7 @@
 # 600) with libFuzzer (cargo fuzz; RUSTC_BOOTSTRAP=1 on the stable toolchain), starting
 # from and growing fuzz/corpus/TARGET, then minimises each corpus, and appends one line
 # per target to fuzz/tally.tsv (date, target, seconds, executions, corpus files,
-# crashes). `fuzz/campaign.sh tally` prints the hours each target has run in total.
+# crashes). `fuzz/campaign.sh tally` prints each target's totals as a Markdown table.
 # Crashes are left in fuzz/artifacts/TARGET: turn each into a unit test, fix, re-run.
 #
 #   cargo install cargo-fuzz        # once
@@ -12,8 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tally=fuzz/tally.tsv
 if [ "${1:-}" = tally ]; then
-    awk -F'\t' 'NR > 1 { s[$2] += $3; e[$2] += $4 }
-        END { for (t in s) printf "%-16s %6.2f h  %14d execs\n", t, s[t] / 3600, e[t] }' "$tally" | sort
+    # Per target: runs, hours, executions, corpus files after its last run, crashes.
+    printf '| target | runs | hours | executions | corpus files | crashes |\n|---|---|---|---|---|---|\n'
+    awk -F'\t' 'NR > 1 { n[$2]++; s[$2] += $3; e[$2] += $4; f[$2] = $5; c[$2] += $6 }
+        END { for (t in s) printf "| %s | %d | %.2f | %d | %d | %d |\n", t, n[t], s[t] / 3600, e[t], f[t], c[t] }' \
+        "$tally" | sort
     exit 0
 fi
 secs=${1:-600}

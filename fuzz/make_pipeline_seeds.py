@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of the frame_pipeline target: real-shaped guest frames
 (ARP, DHCP, DNS, TCP SYN, UDP, ICMP echo, fragments), one scenario per file, in the
-target's record format (2-byte big-endian length, frame; length 0 = one second passes)."""
+target's record format (2-byte big-endian length, frame; length 0 = one second passes;
+lengths 0xfff0 and up are host-side events, see engine/src/fuzz.rs: the seed
+`host_conversation` that uses them is written by a unit test of that file)."""
 import os, struct
 
 GW = bytes.fromhex("52550a000202")

@@ -179,6 +179,15 @@ pub struct Config {
     pub filter_default: usernet_portfwd::filter::Action,
     /// The DHCP server's configuration; `None` turns it off.
     pub dhcp: Option<usernet_dhcp::ServerConfig>,
+    /// Send every flow that would leave through a host socket to this port of the
+    /// host's loopback (127.0.0.1 or ::1 by the flow's family) instead of its
+    /// destination. Only the frame-pipeline fuzz target sets it, so that guest flows
+    /// to anywhere reach sockets the harness owns; the command line cannot.
+    pub sink: Option<u16>,
+    /// Seed of smoltcp's and the DNS relay's randomness (initial sequence numbers,
+    /// query ids); `None` draws one from `/dev/urandom`. The fuzz targets fix it, so
+    /// that an input replays the same way and the fuzzer can learn the numbers.
+    pub random_seed: Option<u64>,
 }
 
 impl Config {
@@ -212,6 +221,8 @@ impl Config {
                 mtu: Some(DEFAULT_MTU as u16),
                 ..usernet_dhcp::ServerConfig::slirp_default(network, prefix_len)
             }),
+            sink: None,
+            random_seed: None,
         }
     }
 

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod frag;
 pub mod frames;
 pub mod fuzz;
+pub mod fuzz_host;
 pub mod fuzz_stream;
 pub mod host;
 pub mod nat;

@@ -50,7 +50,17 @@ pub fn from_guest(cfg: &Config, proto: Proto, dst: SocketAddr) -> Result<Target,
     match r {
         Ok(Target::Host(_)) if !cfg.outbound => Err(Refusal::NoOutbound),
         Ok(Target::Host(a)) if cfg.host_only && !a.ip().is_loopback() => Err(Refusal::HostOnly),
+        Ok(Target::Host(a)) => Ok(Target::Host(sunk(cfg, a))),
         r => r,
+    }
+}
+
+/// `a`, or the fuzz harness's sink on the loopback of `a`'s family ([`Config::sink`]).
+fn sunk(cfg: &Config, a: SocketAddr) -> SocketAddr {
+    match (cfg.sink, a) {
+        (None, a) => a,
+        (Some(p), SocketAddr::V4(_)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p),
+        (Some(p), SocketAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), p),
     }
 }
 

@@ -94,7 +94,7 @@ impl DnsService {
             local_names: opts.local_names.clone(),
             local_addr4: ctx.cfg.gateway,
             local_addr6: ctx.cfg.ipv6.as_ref().map(|v| v.gateway),
-            rng_seed: rand_seed(),
+            rng_seed: ctx.cfg.random_seed.unwrap_or_else(rand_seed),
             ..RelayConfig::default()
         };
         Ok(DnsService {

@@ -298,7 +298,7 @@ impl TcpTable {
         c.icmpv6 = phy::Checksum::Tx;
         caps.checksum = c;
         let mut config = IfaceConfig::new(HardwareAddress::Ip);
-        config.random_seed = seed();
+        config.random_seed = ctx.cfg.random_seed.unwrap_or_else(seed);
         let smol_now = ctx.smol_now(now);
         let mut iface = {
             let mut d = dev(ctx, &caps, None);
