@@ -86,7 +86,9 @@ pub fn frame_pipeline(data: &[u8]) {
     run_pipeline(data, |_| {});
 }
 
-/// A router that opens no socket (outbound off, no DNS upstream), and what made it.
+/// A router for the fuzz targets, and what made it. With `sink`, its outbound flows and
+/// its DNS upstream are that port of the host's loopback; without, outbound is off,
+/// there is no upstream, and it opens no socket.
 struct FuzzRouter {
     poll: mio::Poll,
     cfg: Config,
@@ -312,7 +314,7 @@ pub fn run_pipeline(data: &[u8], mut seen: impl FnMut(&[u8])) {
 const NET_FUZZ_PORTS: usize = 4;
 
 /// The `network` fuzz target: frames from several guest ports through a network's
-/// switch and its router (outbound off, as in [`frame_pipeline`]), with a fake clock.
+/// switch and its router (outbound off: it opens no socket), with a fake clock.
 ///
 /// Input: records `[port][len: u16 BE][frame]`. `port % 8` below 4 is a guest port;
 /// 4 advances the clock by a second and runs every timer; 5 removes that record's
