@@ -124,7 +124,7 @@ impl HostSide {
         &self.senders
     }
 
-    fn peer(&mut self, i: u8) -> Option<usize> {
+    fn peer(&self, i: u8) -> Option<usize> {
         (!self.peers.is_empty()).then(|| usize::from(i) % self.peers.len())
     }
 
