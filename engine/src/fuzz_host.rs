@@ -5,10 +5,12 @@
 //! The pipeline's router runs with [`Config::sink`](crate::config::Config::sink) set
 //! to [`HostSide::port`], so every guest flow that would leave through a host socket
 //! goes to that port on 127.0.0.1 (or ::1) instead of its destination: TCP flows connect
-//! to the sink's listener, UDP datagrams arrive at its UDP socket, ICMP echoes are
-//! answered by the host's own stack, and the DNS relay's upstream is the sink too.
-//! Nothing the fuzzer writes leaves the host's loopback, and every socket here is
-//! closed (connections reset) when the input ends.
+//! to the sink's listener, UDP datagrams arrive at its UDP socket, and the DNS relay's
+//! upstream is the sink too (ICMP echoes beyond the gateway are dropped: they would go
+//! to their real destination). `host::contained` refuses any send or connect beyond
+//! the loopback while the sink is set, as a net under the redirect. Nothing the fuzzer
+//! writes leaves the host's loopback, and every socket here is closed (connections
+//! reset) when the input ends.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -22,8 +22,22 @@ fn bind_outbound(s: &Socket, cfg: &Config, target: &SocketAddr) -> io::Result<()
     }
 }
 
+/// Whether `target` may be sent to: anything, except that with the fuzz harness's sink
+/// set ([`Config::sink`]) nothing may leave the host's loopback. The sink is applied in
+/// `nat::from_guest`; this is the net under it, at every host send and connect.
+pub fn contained(cfg: &Config, target: SocketAddr) -> io::Result<()> {
+    if cfg.sink.is_some() && !target.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{target} is beyond the host's loopback, and the fuzz sink is set"),
+        ));
+    }
+    Ok(())
+}
+
 /// Start a nonblocking TCP connect to `target`. `Ok` means in progress (or done).
 pub fn tcp_connect(cfg: &Config, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
+    contained(cfg, target)?;
     let s = Socket::new(
         Domain::for_address(target),
         Type::STREAM.nonblocking().cloexec(),
@@ -155,4 +169,27 @@ pub fn dns_socket(v6: bool) -> io::Result<mio::net::UdpSocket> {
     };
     s.bind(&a.into())?;
     Ok(mio::net::UdpSocket::from_std(s.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_a_sink_nothing_leaves_the_loopback() {
+        let beyond: SocketAddr = "198.51.100.1:80".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:80".parse().unwrap();
+        let open = Config::default();
+        assert!(contained(&open, beyond).is_ok());
+        let sunk = Config {
+            sink: Some(9),
+            ..Config::default()
+        };
+        let e = contained(&sunk, beyond).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("198.51.100.1:80"), "{e}");
+        assert!(contained(&sunk, lo).is_ok());
+        assert!(contained(&sunk, lo6).is_ok());
+    }
 }

@@ -179,9 +179,10 @@ impl DnsService {
             }
             QueryAction::Forward { upstream, len } => {
                 let out = std::mem::take(&mut self.out);
+                let allowed = crate::host::contained(&ctx.cfg, upstream).is_ok();
                 let sent = match self.sock(ctx, upstream.is_ipv6()) {
-                    Some(s) => s.send_to(&out[..len], upstream).is_ok(),
-                    None => false,
+                    Some(s) if allowed => s.send_to(&out[..len], upstream).is_ok(),
+                    _ => false,
                 };
                 self.out = out;
                 if !sent {
@@ -230,6 +231,9 @@ impl DnsService {
         self.relay
             .on_timeout(now, |up, bytes| resends.push((up, bytes.to_vec())));
         for (up, bytes) in resends {
+            if crate::host::contained(&ctx.cfg, up).is_err() {
+                continue;
+            }
             if let Some(s) = self.sock(ctx, up.is_ipv6()) {
                 let _ = s.send_to(&bytes, up);
             }

@@ -165,6 +165,9 @@ impl IcmpTable {
         let fam = usize::from(dst.is_ipv6());
         // The kernel fills in the id and checksum of ping-socket messages.
         let res = match (&m.sock, &self.raw[fam]) {
+            _ if crate::host::contained(&ctx.cfg, target).is_err() => {
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            }
             (Some(s), _) => s.send_to(body, target),
             (None, Some(raw)) => raw.send_to(body, target),
             (None, None) => Err(io::Error::from(io::ErrorKind::NotConnected)),

@@ -204,7 +204,9 @@ impl UdpTable {
             m.allowed = newly_allowed;
         }
         m.last_active = now;
-        match m.sock.send_to(d.payload, target) {
+        match crate::host::contained(&ctx.cfg, target)
+            .and_then(|()| m.sock.send_to(d.payload, target))
+        {
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(guest = %d.src, %target, error = %e, "udp send failed");
