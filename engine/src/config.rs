@@ -191,6 +191,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// A seed for smoltcp's or the DNS relay's randomness: [`Config::random_seed`], or
+    /// fresh bytes from `/dev/urandom` (mixed with the pid, should that fail).
+    pub fn seed(&self) -> u64 {
+        self.random_seed.unwrap_or_else(|| {
+            use std::io::Read;
+            let mut b = [0u8; 8];
+            if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+                let _ = f.read_exact(&mut b);
+            }
+            u64::from_ne_bytes(b) ^ u64::from(std::process::id())
+        })
+    }
+
     /// The slirp4netns defaults for `network/prefix_len`.
     pub fn new(network: Ipv4Addr, prefix_len: u8) -> Config {
         let base = u32::from(network);

@@ -94,7 +94,7 @@ impl DnsService {
             local_names: opts.local_names.clone(),
             local_addr4: ctx.cfg.gateway,
             local_addr6: ctx.cfg.ipv6.as_ref().map(|v| v.gateway),
-            rng_seed: ctx.cfg.random_seed.unwrap_or_else(rand_seed),
+            rng_seed: ctx.cfg.seed(),
             ..RelayConfig::default()
         };
         Ok(DnsService {
@@ -247,13 +247,4 @@ fn dns_addr(ctx: &Ctx, client: SocketAddr) -> SocketAddr {
         (SocketAddr::V6(_), Some(v6)) => SocketAddr::new(IpAddr::V6(v6.dns), 53),
         _ => SocketAddr::new(IpAddr::V4(ctx.cfg.dns), 53),
     }
-}
-
-fn rand_seed() -> u64 {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_ne_bytes(b)
 }

@@ -298,7 +298,7 @@ impl TcpTable {
         c.icmpv6 = phy::Checksum::Tx;
         caps.checksum = c;
         let mut config = IfaceConfig::new(HardwareAddress::Ip);
-        config.random_seed = ctx.cfg.random_seed.unwrap_or_else(seed);
+        config.random_seed = ctx.cfg.seed();
         let smol_now = ctx.smol_now(now);
         let mut iface = {
             let mut d = dev(ctx, &caps, None);
@@ -1162,14 +1162,6 @@ pub fn raise_mss(ip: &[u8], out: &mut [u8; MSS_SCRATCH]) -> Option<usize> {
         }
     }
     None
-}
-
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_ne_bytes(b) ^ std::process::id() as u64
 }
 
 #[cfg(test)]
