@@ -82,7 +82,13 @@ pub fn control_plane(net: &NetArgs, cfg: &crate::config::Config) -> anyhow::Resu
             .map_err(|e| anyhow::anyhow!("cannot create the event loop: {e}"))?,
     );
     let (ctl, commands) = Control::new(waker);
-    let rules = Arc::new(Rules::new(cfg.guest));
+    let mut rules = Rules::new(cfg.guest);
+    if cfg.internal {
+        rules.refuse = Some(
+            "an internal network routes nothing, so it cannot forward host ports (use --mode nat or host-only)",
+        );
+    }
+    let rules = Arc::new(rules);
     let mut forwards = Vec::new();
     for spec in net.forward_rules() {
         let (id, l) = rules.add(spec.clone())?;

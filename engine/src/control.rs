@@ -156,6 +156,8 @@ pub struct Rules {
     table: Mutex<Table>,
     /// Shown as the guest address of rules that name none.
     pub default_guest: Ipv4Addr,
+    /// Why no rule may be added at all (an internal network routes nothing).
+    pub refuse: Option<&'static str>,
 }
 
 /// Why a rule could not be added: a sentence for the user.
@@ -169,6 +171,7 @@ impl Rules {
         Rules {
             table: Mutex::new(Table::new()),
             default_guest,
+            refuse: None,
         }
     }
 
@@ -178,6 +181,9 @@ impl Rules {
 
     /// Check, bind and record a rule; returns its id and bound socket.
     pub fn add(&self, spec: RuleSpec) -> Result<(u32, BoundListener), AddError> {
+        if let Some(why) = self.refuse {
+            return Err(AddError(format!("cannot add port forward {spec}: {why}")));
+        }
         let mut t = self.lock();
         t.check(&spec).map_err(|e| AddError(e.to_string()))?;
         let listener = fwd::bind(&spec).map_err(|e| {

@@ -35,6 +35,39 @@ pub fn contained(cfg: &Config, target: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `target` is the host itself: a loopback address, or one of the host's own
+/// addresses (as the kernel's local routing table says: a UDP socket connected to a
+/// local address takes that address as its own source, RFC 6724 rule 1). Asked once
+/// per new flow of a guest that may not reach the host (`--block-host`), never on any
+/// other path; it costs a socket, a connect (which sends nothing) and a getsockname,
+/// all allowed by the seccomp filter. When the kernel cannot tell, the answer is yes:
+/// a guest that may not reach the host is refused rather than let through.
+pub fn is_host(target: IpAddr) -> bool {
+    if target.is_loopback() || target.is_unspecified() {
+        return true;
+    }
+    if target.is_multicast() || target == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return false;
+    }
+    let domain = if target.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let probe = || -> io::Result<bool> {
+        let s = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+        match s.connect(&SocketAddr::new(target, 9).into()) {
+            Ok(()) => {}
+            // No route at all: not a local address.
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let local = s.local_addr()?;
+        Ok(local.as_socket().is_some_and(|a| a.ip() == target))
+    };
+    probe().unwrap_or(true)
+}
+
 /// Start a nonblocking TCP connect to `target`. `Ok` means in progress (or done).
 pub fn tcp_connect(cfg: &Config, target: SocketAddr) -> io::Result<mio::net::TcpStream> {
     contained(cfg, target)?;

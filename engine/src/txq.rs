@@ -151,6 +151,11 @@ impl TxQueue {
         (build(&mut self.scratch[..n]), false)
     }
 
+    /// The frame `i` places behind the oldest.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.frames.get(i).map(|(b, l)| &b[..*l])
+    }
+
     /// The oldest frame.
     pub fn front(&self) -> Option<&[u8]> {
         self.frames.front().map(|(b, l)| &b[..*l])

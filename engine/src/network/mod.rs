@@ -21,19 +21,25 @@
 //! and the loop reads at most [`NET_RX_BATCH`] frames per port per turn, round robin,
 //! so a guest that floods cannot starve the others. Frames from the router wait in the
 //! router's own queue while a live port's queue is full (backpressure, as in the
-//! single-guest modes); a port that has not taken a frame for [`PORT_STALL`] (a guest
-//! whose interface is down, a paused VM) gets its frames dropped and counted instead,
-//! so it cannot stall the router for the others.
+//! single-guest modes) as long as nobody else waits: when frames for other guests are
+//! queued behind one for a full port, or the port has not taken a frame for
+//! [`PORT_STALL`] (a guest whose interface is down, a paused VM), that port's frames
+//! are dropped and counted instead, so a slow guest cannot hold up the others.
+//!
+//! Guest-to-guest flows are asked of the filter rules once per new flow ([`flows`]);
+//! each port's MAC is its own (a second port cannot take a MAC another port holds
+//! while anti-spoofing is on).
 //!
 //! The single-guest modes (`usernet PID tap0`, `run`, `vm`) do not use any of this:
 //! their router writes straight to their one port.
 
 pub mod client;
+pub mod flows;
 pub mod guard;
 pub mod run;
 pub mod switch;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +48,7 @@ use slab::Slab;
 
 use crate::config::GATEWAY_MAC;
 use crate::frames::ETH_HLEN;
+use crate::policy::FlowPolicy;
 use crate::port::Port;
 use crate::router::{Router, UNRESOLVED_MAC};
 use crate::stats::{DropReason, Stats};
@@ -74,6 +81,9 @@ pub const NET_RX_BATCH: usize = 64;
 /// A port that took no frame for this long while frames waited for it is stalled:
 /// the router's frames toward it are dropped instead of waiting.
 pub const PORT_STALL: Duration = Duration::from_millis(500);
+/// Frames of the router's queue looked at, per drain, for frames that wait behind one
+/// for a full port.
+pub const HOL_SCAN: usize = 256;
 /// Most addresses in the neighbour table, per family.
 pub const MAX_NEIGHBORS: usize = 4096;
 /// Least time between two ARP requests for one address.
@@ -183,6 +193,19 @@ pub struct Fabric {
     /// Per-guest filter rules, applied to the port that matches the key.
     pub guest_filters: Vec<(GuestKey, Vec<usernet_portfwd::filter::FilterRule>)>,
     epoch: u64,
+    /// The addresses that name a guest in `overrides` or `guest_filters`: a port whose
+    /// source address becomes one of these has its settings looked up again.
+    addr_keys: HashSet<Ipv4Addr>,
+    /// Which port holds each pinned MAC (at most one port per MAC).
+    macs: HashMap<[u8; 6], PortId>,
+    /// The flow policy of a network without a router (an internal network); with one,
+    /// the router's is used, so both see the same rules and counters.
+    own_policy: FlowPolicy,
+    /// Verdicts of guest-to-guest flows.
+    pub guest_flows: flows::FlowCache,
+    /// While the router's oldest frame waits for a full port: that port, and how far
+    /// behind it the router's queue holds only frames for that port too.
+    hol: Option<(PortId, usize)>,
 }
 
 /// The O(1) questions the anti-spoofing checks ask, over the fabric's tables.
@@ -259,20 +282,68 @@ impl Fabric {
             overrides: Vec::new(),
             guest_filters: Vec::new(),
             epoch: 1,
+            addr_keys: HashSet::new(),
+            macs: HashMap::new(),
+            own_policy: FlowPolicy::default(),
+            guest_flows: flows::FlowCache::default(),
+            hol: None,
         }
     }
 
-    /// Replace one guest's filter rules (none: remove them).
+    /// The network's flow policy (filter rules and their counters).
+    pub fn policy(&self) -> &FlowPolicy {
+        match &self.router {
+            Some(r) => &r.ctx.policy,
+            None => &self.own_policy,
+        }
+    }
+
+    /// The network's flow policy, mutably.
+    pub fn policy_mut(&mut self) -> &mut FlowPolicy {
+        match &mut self.router {
+            Some(r) => &mut r.ctx.policy,
+            None => &mut self.own_policy,
+        }
+    }
+
+    fn rekey(&mut self) {
+        self.addr_keys = self
+            .overrides
+            .iter()
+            .map(|(k, _)| k)
+            .chain(self.guest_filters.iter().map(|(k, _)| k))
+            .filter_map(|k| match k {
+                GuestKey::Addr(a) => Some(*a),
+                GuestKey::Mac(_) => None,
+            })
+            .collect();
+    }
+
+    /// Replace one guest's filter rules (none: remove them). `false` (nothing
+    /// changed) when [`MAX_GUEST_POLICIES`] other guests have rules already.
     pub fn set_guest_filters(
         &mut self,
         k: GuestKey,
         rules: Vec<usernet_portfwd::filter::FilterRule>,
-    ) {
+    ) -> bool {
+        let known = self.guest_filters.iter().any(|(key, _)| *key == k);
+        if !rules.is_empty() && !known && self.guest_filters.len() >= MAX_GUEST_POLICIES {
+            return false;
+        }
         self.guest_filters.retain(|(key, _)| *key != k);
-        if !rules.is_empty() && self.guest_filters.len() < MAX_GUEST_POLICIES {
+        if !rules.is_empty() {
             self.guest_filters.push((k, rules));
         }
+        self.changed();
+        true
+    }
+
+    /// Settings changed: every port's flags and rules are looked up again, and every
+    /// cached flow verdict (the router's UDP mappings, guest-to-guest flows) is stale.
+    fn changed(&mut self) {
+        self.rekey();
         self.epoch += 1;
+        self.policy_mut().epoch += 1;
         let ids: Vec<PortId> = self.ports.iter().map(|(k, _)| k + 1).collect();
         for id in ids {
             self.refresh_flags(id);
@@ -293,11 +364,7 @@ impl Fabric {
                 }
             }
         }
-        self.epoch += 1;
-        let ids: Vec<PortId> = self.ports.iter().map(|(k, _)| k + 1).collect();
-        for id in ids {
-            self.refresh_flags(id);
-        }
+        self.changed();
         true
     }
 
@@ -337,17 +404,13 @@ impl Fabric {
                 rules.extend(r.iter().cloned());
             }
         }
-        if let Some(r) = self.router.as_mut() {
-            let cur = r
-                .ctx
-                .policy
-                .guests
-                .get(&id)
-                .map(|l| &l.rules[..])
-                .unwrap_or(&[]);
-            if cur != &rules[..] {
-                r.ctx.policy.set_guest(id, rules);
-            }
+        let policy = match &mut self.router {
+            Some(r) => &mut r.ctx.policy,
+            None => &mut self.own_policy,
+        };
+        let cur = policy.guests.get(&id).map(|l| &l.rules[..]).unwrap_or(&[]);
+        if cur != &rules[..] {
+            policy.set_guest(id, rules);
         }
     }
 
@@ -359,6 +422,20 @@ impl Fabric {
         mac: Option<[u8; 6]>,
         addr4: Option<Ipv4Addr>,
     ) {
+        if let Some(m) = mac {
+            match self.macs.get(&m) {
+                Some(&other) if other != id => {
+                    tracing::warn!(port = id, other, mac = ?m, "two ports configured with one MAC: the newer one holds it");
+                }
+                _ => {}
+            }
+            if let Some(old) = self.port(id).and_then(|p| p.ident.mac)
+                && self.macs.get(&old) == Some(&id)
+            {
+                self.macs.remove(&old);
+            }
+            self.macs.insert(m, id);
+        }
         if let Some(p) = self.port_mut(id) {
             if mac.is_some() {
                 p.ident.mac = mac;
@@ -418,11 +495,10 @@ impl Fabric {
             self.neigh4.retain(|_, m| *m != mac);
             self.neigh6.retain(|_, m| *m != mac);
         }
+        self.macs.retain(|_, q| *q != id);
         self.to_write.retain(|&q| q != id);
-        if let Some(r) = self.router.as_mut()
-            && r.ctx.policy.guests.contains_key(&id)
-        {
-            r.ctx.policy.set_guest(id, Vec::new());
+        if self.policy().guests.contains_key(&id) {
+            self.policy_mut().set_guest(id, Vec::new());
         }
         Some(p)
     }
@@ -463,30 +539,36 @@ impl Fabric {
             self.drop_at(from, DropReason::SwitchFiltered);
             return;
         }
-        if p.mac.is_none() {
-            p.mac = Some(src);
-        }
         if p.ident.mac.is_none() {
+            // The first frame pins the port's MAC, unless another port (or the
+            // gateway) holds it and the port is checked: a guest cannot take over a
+            // neighbour's MAC by speaking first.
             p.ident.mac = Some(src);
             p.flags_epoch = 0;
-        }
-        // Address-keyed settings follow the address the guest uses.
-        let src4 = match [frame[12], frame[13]] {
-            [0x08, 0x00] if frame.len() >= 30 => {
-                Some(Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]))
+            self.refresh_flags(from);
+            let taken = src == GATEWAY_MAC || self.macs.get(&src).is_some_and(|&q| q != from);
+            let Some(p) = key(from).and_then(|k| self.ports.get_mut(k)) else {
+                return;
+            };
+            if taken && p.flags.spoof_check {
+                p.ident.mac = None;
+                p.flags_epoch = 0;
+                self.spoofed(from, guard::Spoof::Mac);
+                return;
             }
-            _ => None,
-        };
-        if src4.is_some() && src4 != p.seen4 && !src4.is_some_and(|a| a.is_unspecified()) {
-            p.seen4 = src4;
-            p.flags_epoch = 0;
+            if !taken {
+                self.macs.insert(src, from);
+            }
         }
-        if p.flags_epoch != self.epoch {
+        if self.port(from).is_some_and(|p| p.flags_epoch != self.epoch) {
             self.refresh_flags(from);
         }
         let Some(p) = key(from).and_then(|k| self.ports.get_mut(k)) else {
             return;
         };
+        if p.mac.is_none() {
+            p.mac = p.ident.mac;
+        }
         if p.flags.spoof_check {
             let look = Look {
                 router: self.router.as_ref(),
@@ -497,13 +579,29 @@ impl Fabric {
                 dns: self.dns,
             };
             if let Err(why) = p.ident.check(frame, &look) {
-                p.spoofed[why as usize] += 1;
-                p.drops += 1;
-                self.stats.record(DropReason::Spoofed);
-                tracing::debug!(port = from, reason = why.as_str(), "spoofed frame dropped");
+                self.spoofed(from, why);
                 return;
             }
         }
+        // Address-keyed settings follow the address the guest uses (checked above
+        // when the port is checked): looked up again when the port starts or stops
+        // using an address that names a guest.
+        if let [0x08, 0x00] = [frame[12], frame[13]]
+            && frame.len() >= 30
+        {
+            let a = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+            if !a.is_unspecified() && p.seen4 != Some(a) {
+                let rekey = self.addr_keys.contains(&a)
+                    || p.seen4.is_some_and(|old| self.addr_keys.contains(&old));
+                p.seen4 = Some(a);
+                if rekey {
+                    self.refresh_flags(from);
+                }
+            }
+        }
+        let Some(p) = key(from).and_then(|k| self.ports.get_mut(k)) else {
+            return;
+        };
         let flags = p.flags;
         let fenced = flags.isolate || flags.restrict;
         self.switch.learn(now, src, from);
@@ -522,13 +620,15 @@ impl Fabric {
                         .is_some_and(|q| q.flags.isolate || q.flags.restrict)
                 {
                     self.isolate_drop(from);
-                } else {
+                } else if !self.guest_flow_denied(from, frame) {
                     self.enqueue(to, frame);
                 }
             }
             Dest::Drop => self.drop_at(from, DropReason::SwitchFiltered),
             Dest::Flood => {
                 let mut fenced_off = false;
+                // Asked once for every guest copy (only when one would be sent).
+                let mut denied = None;
                 for k in 0..self.ports.capacity() {
                     let Some(q) = self.ports.get(k) else { continue };
                     if k + 1 == from {
@@ -537,6 +637,9 @@ impl Fabric {
                     if fenced || q.flags.isolate || q.flags.restrict {
                         fenced_off = true;
                         continue;
+                    }
+                    if *denied.get_or_insert_with(|| self.guest_flow_denied(from, frame)) {
+                        break;
                     }
                     self.enqueue(k + 1, frame);
                 }
@@ -552,6 +655,83 @@ impl Fabric {
                 }
             }
         }
+    }
+
+    fn spoofed(&mut self, from: PortId, why: guard::Spoof) {
+        self.stats.record(DropReason::Spoofed);
+        if let Some(p) = self.port_mut(from) {
+            p.spoofed[why as usize] += 1;
+            p.drops += 1;
+        }
+        tracing::debug!(port = from, reason = why.as_str(), "spoofed frame dropped");
+    }
+
+    /// Whether a frame from guest `from` toward other guests starts a flow the filter
+    /// rules refuse (then it is answered, when the flow's kind has an answer, and
+    /// counted). See [`flows`].
+    fn guest_flow_denied(&mut self, from: PortId, frame: &[u8]) -> bool {
+        use usernet_portfwd::filter::{Action, FilterProto};
+        let pol = self.policy();
+        if pol.network.rules.is_empty()
+            && pol.default == Action::Allow
+            && !pol.guests.contains_key(&from)
+        {
+            return false;
+        }
+        let Some(pkt) = flows::parse(frame) else {
+            return false;
+        };
+        let k = pkt.key;
+        let proto = match pkt.kind {
+            flows::Kind::Other | flows::Kind::TcpOther => return false,
+            flows::Kind::TcpSyn { .. } => FilterProto::Tcp,
+            flows::Kind::Udp => FilterProto::Udp,
+            flows::Kind::EchoRequest => FilterProto::Icmp,
+        };
+        let cached = proto != FilterProto::Tcp;
+        let epoch = self.policy().epoch;
+        if cached {
+            if let Some(ok) = self.guest_flows.get(&k, epoch) {
+                return self.refuse(from, frame, &pkt, ok);
+            }
+            if self.guest_flows.get(&k.reverse(), epoch) == Some(true) {
+                return false;
+            }
+        }
+        let pol = self.policy_mut();
+        pol.origin = crate::policy::Origin {
+            port: from,
+            ..crate::policy::Origin::default()
+        };
+        let ok = pol
+            .check(proto, std::net::SocketAddr::new(k.dst, k.dport), false)
+            .is_ok();
+        if cached {
+            self.guest_flows.insert(k, ok, epoch);
+        }
+        self.refuse(from, frame, &pkt, ok)
+    }
+
+    /// Count a refused guest-to-guest flow and answer it; `true` when refused.
+    fn refuse(&mut self, from: PortId, frame: &[u8], pkt: &flows::Packet, ok: bool) -> bool {
+        if ok {
+            return false;
+        }
+        self.drop_at(from, DropReason::FlowDenied);
+        tracing::debug!(port = from, flow = ?pkt.key, "guest-to-guest flow refused by the filter rules");
+        let mut out = [0u8; flows::REPLY_MAX];
+        let n = flows::refusal(frame, pkt, &mut out);
+        if n > 0 {
+            push_to(
+                &mut self.ports,
+                &mut self.to_write,
+                &self.stats,
+                from,
+                &out[..n],
+                None,
+            );
+        }
+        true
     }
 
     fn isolate_drop(&mut self, from: PortId) {
@@ -687,6 +867,8 @@ impl Fabric {
     /// router's queue, which backpressures its flows) when a live port's queue is full.
     pub fn drain_router(&mut self, now: Instant) {
         let mut head = [0u8; ETH_HLEN + 40];
+        // A full port whose frames give way this time (see `others_behind`).
+        let mut yielding = None;
         loop {
             let Some(r) = self.router.as_mut() else {
                 return;
@@ -700,7 +882,7 @@ impl Fabric {
                 None => return,
             };
             if n < ETH_HLEN {
-                r.txq().pop_front();
+                self.pop_router();
                 continue;
             }
             let mut dst = [0u8; 6];
@@ -731,8 +913,14 @@ impl Fabric {
                         self.pop_router();
                         continue;
                     };
-                    if !p.q.has_room() && !p.stalled(now) {
-                        return;
+                    if !p.q.has_room() && !p.stalled(now) && yielding != Some(to) {
+                        if !self.others_behind(now, to) {
+                            return;
+                        }
+                        // Frames for other guests wait behind this one: the full
+                        // port's frames are dropped (counted) instead of holding
+                        // them up, as a switch's egress queue tail-drops.
+                        yielding = Some(to);
                     }
                     let Fabric {
                         router,
@@ -770,7 +958,46 @@ impl Fabric {
         }
     }
 
+    /// Whether the router's queue holds, behind its oldest frame (which waits for
+    /// full port `to`), a frame for anyone else. Looks at most [`HOL_SCAN`] frames per
+    /// call, resuming where the last call stopped while the same frame waits, so a
+    /// lone flow toward a slow guest keeps its backpressure at O(1) per call.
+    fn others_behind(&mut self, now: Instant, to: PortId) -> bool {
+        let start = match self.hol {
+            Some((p, i)) if p == to => i,
+            _ => 1,
+        };
+        let Some(r) = self.router.as_ref() else {
+            return false;
+        };
+        let q = &r.ctx.txq;
+        let end = q.len().min(start + HOL_SCAN);
+        let mut i = start;
+        while i < end {
+            let Some(f) = q.get(i) else { break };
+            if f.len() < ETH_HLEN {
+                return true;
+            }
+            let mut dst = [0u8; 6];
+            dst.copy_from_slice(&f[0..6]);
+            if dst == UNRESOLVED_MAC {
+                match self.resolve(&f[..f.len().min(ETH_HLEN + 40)]) {
+                    Resolved::Mac(m) => dst = m,
+                    // Dropped or asked for when it reaches the front: not waiting.
+                    _ => return true,
+                }
+            }
+            match self.switch.lookup(now, dst, ROUTER) {
+                Dest::One(p) if p == to => i += 1,
+                _ => return true,
+            }
+        }
+        self.hol = Some((to, i));
+        false
+    }
+
     fn pop_router(&mut self) {
+        self.hol = None;
         if let Some(r) = self.router.as_mut() {
             r.txq().pop_front();
         }

@@ -352,8 +352,20 @@ pub fn cmd_network(cli: NetworkCli) -> anyhow::Result<ExitCode> {
                 .map(|(_, r)| r.clone())
                 .unwrap_or_default();
             rules.push(rule.clone());
-            fabric.set_guest_filters(k, rules);
+            if !fabric.set_guest_filters(k, rules) {
+                anyhow::bail!(
+                    "--filter: rules for more than {} guests (at most that many guests may have rules of their own)",
+                    super::MAX_GUEST_POLICIES
+                );
+            }
         }
+    }
+    if fabric.router.is_none() {
+        // An internal network without DHCP has no router: the switch applies the
+        // network's rules to guest-to-guest flows itself.
+        fabric
+            .policy_mut()
+            .set_network(cfg.filters.clone(), Some(cfg.filter_default));
     }
     let hint = format!(
         "-device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 -netdev stream,id=n0,server=off,addr.type=unix,addr.path={}",
@@ -853,15 +865,14 @@ fn apply(fabric: &mut Fabric, reg: &mio::Registry, now: Instant, c: Command) {
             let r = match guest.map(guest_key).transpose() {
                 Err(e) => Err(e),
                 Ok(None) => {
-                    if let Some(r) = fabric.router.as_mut() {
-                        r.ctx.policy.set_network(rules, default);
-                    }
+                    fabric.policy_mut().set_network(rules, default);
                     Ok(policy_json(fabric))
                 }
-                Ok(Some(k)) => {
-                    fabric.set_guest_filters(k, rules);
-                    Ok(policy_json(fabric))
-                }
+                Ok(Some(k)) if fabric.set_guest_filters(k, rules) => Ok(policy_json(fabric)),
+                Ok(Some(_)) => Err(format!(
+                    "the network holds rules for {} guests already (remove some with set_filters and no rules)",
+                    super::MAX_GUEST_POLICIES
+                )),
             };
             let _ = reply.try_send(r);
         }
@@ -945,7 +956,7 @@ pub fn policy_json(fabric: &Fabric) -> serde_json::Value {
         "network": flags(&fabric.base),
         "guests": guests,
         "ports": ports,
-        "filters": fabric.router.as_ref().map(|r| r.ctx.policy.to_json()),
+        "filters": fabric.policy().to_json(),
     })
 }
 

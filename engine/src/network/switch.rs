@@ -8,16 +8,21 @@
 //! gateway's MAC as its source cannot pull the gateway's traffic to itself.
 //!
 //! Broadcast, multicast and unknown unicast are flooded; a frame never goes back to the
-//! port it came from. Every operation is O(1) except [`Switch::forget_port`] and
-//! [`Switch::expire`], which run when a port leaves and once per ageing interval.
+//! port it came from. Every operation is O(1) (learning a new MAC into a full table
+//! looks at no more than [`EVICT_PROBES`] of the oldest entries) except
+//! [`Switch::forget_port`] and [`Switch::expire`], which run when a port leaves and
+//! once per ageing interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Time after which a MAC not seen as a source is forgotten.
 pub const MAC_AGEING: Duration = Duration::from_secs(300);
 /// Most MACs the table holds.
 pub const MAX_MACS: usize = 4096;
+
+/// Oldest entries looked at when a new MAC needs room in a full table.
+pub const EVICT_PROBES: usize = 8;
 
 /// A switch port's id (the router's too).
 pub type PortId = usize;
@@ -44,6 +49,9 @@ struct Entry {
 #[derive(Debug)]
 pub struct Switch {
     table: HashMap<[u8; 6], Entry>,
+    /// Learned MACs, oldest learned first (an entry refreshed since is requeued when
+    /// it reaches the front); at most `cap` + 1 long.
+    order: VecDeque<[u8; 6]>,
     cap: usize,
     ageing: Duration,
     /// Source MACs not learned because the table was full.
@@ -65,6 +73,7 @@ impl Switch {
     pub fn new(cap: usize, ageing: Duration) -> Switch {
         Switch {
             table: HashMap::with_capacity(cap.min(256)),
+            order: VecDeque::with_capacity(cap.min(256)),
             cap,
             ageing,
             not_learned: 0,
@@ -95,22 +104,9 @@ impl Switch {
             }
             return;
         }
-        if self.table.len() >= self.cap {
-            let ageing = self.ageing;
-            let stale = self
-                .table
-                .iter()
-                .find(|(_, e)| !e.fixed && now.saturating_duration_since(e.seen) >= ageing)
-                .map(|(m, _)| *m);
-            match stale {
-                Some(m) => {
-                    self.table.remove(&m);
-                }
-                None => {
-                    self.not_learned += 1;
-                    return;
-                }
-            }
+        if self.table.len() >= self.cap && !self.make_room(now) {
+            self.not_learned += 1;
+            return;
         }
         self.table.insert(
             mac,
@@ -120,6 +116,29 @@ impl Switch {
                 fixed: false,
             },
         );
+        self.order.push_back(mac);
+    }
+
+    /// Evict one stale learned entry, looking at the oldest [`EVICT_PROBES`] only: an
+    /// entry seen since it was queued goes to the back (it is younger than all the
+    /// others there). `false` when none of them is stale.
+    fn make_room(&mut self, now: Instant) -> bool {
+        for _ in 0..EVICT_PROBES {
+            let Some(m) = self.order.pop_front() else {
+                return false;
+            };
+            match self.table.get(&m) {
+                Some(e) if e.fixed => {}
+                Some(e) if now.saturating_duration_since(e.seen) >= self.ageing => {
+                    self.table.remove(&m);
+                    return true;
+                }
+                Some(_) => self.order.push_back(m),
+                // Forgotten since (expire, forget_port): nothing to do.
+                None => {}
+            }
+        }
+        false
     }
 
     /// Where a frame to `dst` that came in on `from` goes.
@@ -150,6 +169,8 @@ impl Switch {
     /// Forget every MAC learned on `port` (it left).
     pub fn forget_port(&mut self, port: PortId) {
         self.table.retain(|_, e| e.fixed || e.port != port);
+        let table = &self.table;
+        self.order.retain(|m| table.contains_key(m));
     }
 
     /// Drop the entries older than the ageing time.
@@ -157,6 +178,8 @@ impl Switch {
         let ageing = self.ageing;
         self.table
             .retain(|_, e| e.fixed || now.saturating_duration_since(e.seen) < ageing);
+        let table = &self.table;
+        self.order.retain(|m| table.contains_key(m));
     }
 
     /// MACs in the table.
@@ -288,6 +311,7 @@ mod tests {
                 let mac = [0x52, 0x54, 0, 0, 0, m];
                 s.learn(now, mac, port);
                 proptest::prop_assert!(s.len() <= 16);
+                proptest::prop_assert!(s.order.len() <= 16);
                 let d = s.lookup(now, mac, port);
                 proptest::prop_assert!(d != Dest::One(port));
             }

@@ -586,6 +586,246 @@ fn a_configured_identity_is_pinned() {
     assert!(settle(&mut f, now).contains_key(&b));
 }
 
+#[test]
+fn a_second_port_cannot_take_a_pinned_mac() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    // B speaks first with A's MAC, C with the gateway's: neither is pinned.
+    f.from_port(now, b, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    f.from_port(now, c, &arp(1, GATEWAY_MAC, [10, 0, 2, 2], [10, 0, 2, 15]));
+    assert!(settle(&mut f, now).is_empty());
+    assert_eq!(f.port(b).unwrap().spoofed[guard::Spoof::Mac as usize], 1);
+    assert_eq!(f.port(c).unwrap().spoofed[guard::Spoof::Mac as usize], 1);
+    assert_eq!(f.port(b).unwrap().mac, None);
+    // A's traffic still goes to A: the switch did not move its MAC.
+    assert_eq!(f.switch.port_of(now, MAC_A), Some(a));
+    // B with its own MAC is fine.
+    f.from_port(now, b, &arp(1, MAC_B, [10, 0, 2, 16], [10, 0, 2, 2]));
+    assert!(settle(&mut f, now).contains_key(&b));
+    assert_eq!(f.port(b).unwrap().mac, Some(MAC_B));
+    // Once A has left, its MAC is free again.
+    f.remove_port(a);
+    f.from_port(now, c, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    assert!(settle(&mut f, now).contains_key(&c));
+}
+
+fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t
+}
+
+#[test]
+fn filter_rules_apply_to_guest_to_guest_flows_once_per_flow() {
+    use usernet_portfwd::filter::parse_filter;
+    let now = Instant::now();
+    // An internal network without DHCP: no router, the switch holds the policy.
+    let (mut f, _p) = fabric_with(cfg(), false);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.policy_mut().set_network(
+        vec![
+            parse_filter("deny:tcp:10.0.2.16/32:22").unwrap(),
+            parse_filter("deny:udp:10.0.2.16/32:53").unwrap(),
+            parse_filter("deny:icmp:10.0.2.16/32").unwrap(),
+        ],
+        None,
+    );
+    let (ip_a, ip_b) = ([10, 0, 2, 15], [10, 0, 2, 16]);
+    f.from_port(now, b, &arp(1, MAC_B, ip_b, ip_a));
+    f.from_port(now, a, &arp(2, MAC_A, ip_a, ip_b));
+    let _ = settle(&mut f, now);
+    // A SYN to B:22 never reaches B; A gets a RST from 10.0.2.16:22, B's MAC.
+    f.from_port(
+        now,
+        a,
+        &eth(
+            MAC_B,
+            MAC_A,
+            0x0800,
+            &ipv4(ip_a, ip_b, 6, &tcp_syn(40000, 22)),
+        ),
+    );
+    let out = settle(&mut f, now);
+    assert!(!out.contains_key(&b), "{out:?}");
+    let rst = &out[&a][0];
+    assert_eq!(&rst[6..12], &MAC_B);
+    assert_eq!(&rst[26..30], &ip_b);
+    assert_eq!(rst[14 + 9], 6);
+    assert_eq!(u16::from_be_bytes([rst[34], rst[35]]), 22);
+    assert_eq!(rst[34 + 13] & 0x04, 0x04, "RST");
+    assert_eq!(
+        u32::from_be_bytes(rst[42..46].try_into().unwrap()),
+        1001,
+        "acks the SYN"
+    );
+    // Port 80 is not denied; the segments after a SYN are never asked about.
+    f.from_port(
+        now,
+        a,
+        &eth(
+            MAC_B,
+            MAC_A,
+            0x0800,
+            &ipv4(ip_a, ip_b, 6, &tcp_syn(40001, 80)),
+        ),
+    );
+    assert_eq!(settle(&mut f, now).keys().copied().collect::<Vec<_>>(), [b]);
+    // UDP to B:53 is refused with ICMP administratively prohibited (3/13) from B.
+    for _ in 0..3 {
+        f.from_port(
+            now,
+            a,
+            &eth(
+                MAC_B,
+                MAC_A,
+                0x0800,
+                &ipv4(ip_a, ip_b, 17, &udp(5000, 53, b"q")),
+            ),
+        );
+    }
+    let out = settle(&mut f, now);
+    assert!(!out.contains_key(&b));
+    assert_eq!(out[&a].len(), 3);
+    assert_eq!((out[&a][0][14 + 20], out[&a][0][14 + 21]), (3, 13));
+    assert_eq!(&out[&a][0][26..30], &ip_b);
+    // UDP to B:5353 passes, and so does B's reply (the same flow, reversed).
+    f.from_port(
+        now,
+        a,
+        &eth(
+            MAC_B,
+            MAC_A,
+            0x0800,
+            &ipv4(ip_a, ip_b, 17, &udp(5000, 5353, b"q")),
+        ),
+    );
+    f.from_port(
+        now,
+        b,
+        &eth(
+            MAC_A,
+            MAC_B,
+            0x0800,
+            &ipv4(ip_b, ip_a, 17, &udp(5353, 5000, b"r")),
+        ),
+    );
+    let out = settle(&mut f, now);
+    assert!(out.contains_key(&a) && out.contains_key(&b), "{out:?}");
+    // An echo request to B is dropped without an answer.
+    f.from_port(now, a, &icmp_echo(MAC_A, MAC_B, ip_a, ip_b));
+    assert!(settle(&mut f, now).is_empty());
+    // Each rule was asked once per flow: the three datagrams to :53 are one flow.
+    let hits = &f.policy().network.hits;
+    assert_eq!(hits[..], [1, 1, 1]);
+    assert_eq!(
+        f.policy().default_hits,
+        2,
+        "the SYN to :80 and the flow to :5353"
+    );
+    assert_eq!(f.stats.drops(DropReason::FlowDenied), 5);
+    // Rules changed at run time apply to the next datagram of a cached flow.
+    f.policy_mut().set_network(Vec::new(), None);
+    f.from_port(
+        now,
+        a,
+        &eth(
+            MAC_B,
+            MAC_A,
+            0x0800,
+            &ipv4(ip_a, ip_b, 17, &udp(5000, 53, b"q")),
+        ),
+    );
+    assert!(settle(&mut f, now).contains_key(&b));
+}
+
+#[test]
+fn a_guests_own_rules_follow_it_and_broadcasts_are_asked_once() {
+    use usernet_portfwd::filter::parse_filter;
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, c] = three_ports(&mut f, now);
+    assert!(f.set_guest_filters(
+        GuestKey::Mac(MAC_A),
+        vec![parse_filter("deny:udp:10.0.2.0/24").unwrap()],
+    ));
+    let (ip_a, ip_b, ip_c) = ([10, 0, 2, 15], [10, 0, 2, 16], [10, 0, 2, 17]);
+    f.from_port(now, b, &arp(1, MAC_B, ip_b, [10, 0, 2, 2]));
+    f.from_port(now, c, &arp(1, MAC_C, ip_c, [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    // A's subnet broadcast reaches neither guest, and gets no answer.
+    let bc = eth(
+        BCAST,
+        MAC_A,
+        0x0800,
+        &ipv4(ip_a, [10, 0, 2, 255], 17, &udp(7, 9999, b"x")),
+    );
+    f.from_port(now, a, &bc);
+    let out = settle(&mut f, now);
+    assert!(
+        !out.contains_key(&b) && !out.contains_key(&c) && !out.contains_key(&a),
+        "{out:?}"
+    );
+    assert_eq!(f.policy().guests[&a].hits, [1]);
+    // B has no such rule: its unicast to C passes.
+    f.from_port(
+        now,
+        b,
+        &eth(
+            MAC_C,
+            MAC_B,
+            0x0800,
+            &ipv4(ip_b, ip_c, 17, &udp(7, 9999, b"x")),
+        ),
+    );
+    assert!(settle(&mut f, now).contains_key(&c));
+    // Nor does the rule cover A's flows through the gateway to the outside.
+    assert_eq!(f.policy().guests[&a].hits, [1]);
+}
+
+#[test]
+fn a_slow_port_cannot_hold_up_the_others() {
+    let now = Instant::now();
+    let (mut f, _p) = fabric_with(cfg(), true);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &arp(1, MAC_A, [10, 0, 2, 15], [10, 0, 2, 2]));
+    f.from_port(now, b, &arp(1, MAC_B, [10, 0, 2, 16], [10, 0, 2, 2]));
+    let _ = settle(&mut f, now);
+    // A takes nothing (but is not stalled yet): its queue fills, then 300 more
+    // replies wait for it in the router's queue (more than one scan's worth).
+    let ping_a = icmp_echo(MAC_A, GATEWAY_MAC, [10, 0, 2, 15], [10, 0, 2, 2]);
+    let room = f.port(a).unwrap().q.room();
+    for _ in 0..room + 300 {
+        f.from_port(now, a, &ping_a);
+        f.drain_router(now);
+    }
+    assert_eq!(f.port(a).unwrap().q.room(), 0);
+    assert_eq!(
+        f.router.as_mut().unwrap().txq().len(),
+        300,
+        "A alone: backpressure"
+    );
+    assert_eq!(f.stats.drops(DropReason::SwitchQueueFull), 0);
+    // B's ping: its reply is not held up behind A's; A's frames ahead of it give way.
+    f.from_port(
+        now,
+        b,
+        &icmp_echo(MAC_B, GATEWAY_MAC, [10, 0, 2, 16], [10, 0, 2, 2]),
+    );
+    f.drain_router(now);
+    f.drain_router(now);
+    assert_eq!(f.port(b).unwrap().q.len(), 1, "B's echo reply went through");
+    assert_eq!(f.stats.drops(DropReason::SwitchQueueFull), 300);
+    assert_eq!(f.port(a).unwrap().drops, 300);
+    assert!(f.router.as_mut().unwrap().txq().is_empty());
+}
+
 proptest::proptest! {
     /// Whatever a guest sends, no frame it sent leaves the switch toward another
     /// guest with a source MAC or address it does not own.

@@ -203,6 +203,13 @@ impl Forwards {
         self.rules.get(&id)?.spec.guest_mac
     }
 
+    /// Whether rule `id` names its guest's address itself.
+    pub fn names_guest_addr(&self, id: u32) -> bool {
+        self.rules
+            .get(&id)
+            .is_some_and(|r| r.spec.guest_addr.is_some())
+    }
+
     /// Stop serving rule `id`: its socket closes now.
     pub fn remove(&mut self, ctx: &mut Ctx, id: u32) -> bool {
         let Some(mut f) = self.rules.remove(&id) else {

@@ -132,21 +132,24 @@ impl IcmpTable {
     }
 
     fn forward(&mut self, ctx: &mut Ctx, now: Instant, src: IpAddr, dst: IpAddr, body: &[u8]) {
-        match nat::from_guest(&ctx.cfg, Proto::Udp, SocketAddr::new(dst, 1)) {
+        let target = match nat::from_guest(&ctx.cfg, Proto::Udp, SocketAddr::new(dst, 1)) {
             Ok(nat::Target::Host(a))
-                if !a.ip().is_loopback() && dst != IpAddr::V4(Ipv4Addr::BROADCAST) => {}
+                if !a.ip().is_loopback() && dst != IpAddr::V4(Ipv4Addr::BROADCAST) =>
+            {
+                a.ip()
+            }
             _ => {
                 ctx.drop(DropReason::Ipv4BadDestination);
                 return;
             }
-        }
+        };
         if !ctx.policy.is_open()
             && ctx
                 .policy
                 .check(
                     usernet_portfwd::filter::FilterProto::Icmp,
                     SocketAddr::new(dst, 0),
-                    false,
+                    ctx.policy.origin.block_host && crate::host::is_host(target),
                 )
                 .is_err()
         {

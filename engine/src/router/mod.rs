@@ -434,9 +434,14 @@ impl Router {
     /// The guest a forward rule sends to: `None` when the rule names its guest by a
     /// MAC that holds no lease.
     fn guest_for_rule(&self, id: u32) -> Option<fwd::DefaultGuest> {
-        let guest = self.default_guest();
         match self.fwd.guest_mac(id) {
-            None => Some(guest),
+            // The rule's own address is used; the default (which on a network looks
+            // at the leases) is not needed.
+            None if self.fwd.names_guest_addr(id) => Some(fwd::DefaultGuest {
+                v4: self.ctx.cfg.guest,
+                v6: None,
+            }),
+            None => Some(self.default_guest()),
             Some(mac) => {
                 let v4 = self.dhcp.as_ref()?.lease_for_mac(mac)?;
                 Some(fwd::DefaultGuest { v4, v6: None })

@@ -451,7 +451,11 @@ impl TcpTable {
             return;
         };
         if !ctx.policy.is_open() {
-            let to_host = dns_stream.is_none() && target.ip().is_loopback();
+            // The host: its loopback through the gateway, or (asked only for a guest
+            // that may not reach the host) any of the host's own addresses.
+            let to_host = dns_stream.is_none()
+                && (target.ip().is_loopback()
+                    || (ctx.policy.origin.block_host && crate::host::is_host(target.ip())));
             if ctx
                 .policy
                 .check(

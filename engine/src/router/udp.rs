@@ -102,10 +102,15 @@ struct Mapping {
     deadline: Option<Instant>,
     readable: bool,
     blocked: bool,
-    /// The last destination the flow policy allowed, and its epoch: datagrams to it
-    /// are not asked again (the policy is asked once per flow, not per datagram).
-    allowed: Option<(SocketAddr, u64)>,
+    /// The last destinations the flow policy allowed, with its epoch: datagrams to
+    /// them are not asked again (the policy is asked once per flow, not per datagram;
+    /// a mapping talking to more destinations than this at once asks again for the
+    /// oldest).
+    allowed: [Option<(SocketAddr, u64)>; ALLOWED_DESTS],
 }
+
+/// Destinations per UDP mapping whose policy verdict is remembered.
+pub const ALLOWED_DESTS: usize = 4;
 
 /// All UDP mappings.
 pub struct UdpTable {
@@ -175,9 +180,10 @@ impl UdpTable {
                 .by_guest
                 .get(&d.src)
                 .and_then(|&i| self.maps.get(i))
-                .is_some_and(|m| m.allowed == Some(key));
+                .is_some_and(|m| m.allowed.contains(&Some(key)));
             if !cached {
-                let to_host = target.ip().is_loopback();
+                let to_host = target.ip().is_loopback()
+                    || (ctx.policy.origin.block_host && crate::host::is_host(target.ip()));
                 if ctx
                     .policy
                     .check(usernet_portfwd::filter::FilterProto::Udp, d.dst, to_host)
@@ -201,7 +207,16 @@ impl UdpTable {
             return;
         };
         if newly_allowed.is_some() {
-            m.allowed = newly_allowed;
+            // Round robin over the last few destinations.
+            let slot = m
+                .allowed
+                .iter()
+                .position(Option::is_none)
+                .unwrap_or_else(|| {
+                    m.allowed.rotate_left(1);
+                    ALLOWED_DESTS - 1
+                });
+            m.allowed[slot] = newly_allowed;
         }
         m.last_active = now;
         match crate::host::contained(&ctx.cfg, target)
@@ -247,7 +262,7 @@ impl UdpTable {
             deadline: None,
             readable: false,
             blocked: false,
-            allowed: None,
+            allowed: [None; ALLOWED_DESTS],
         });
         self.by_guest.insert(guest, idx);
         self.clock.push_back(idx);
