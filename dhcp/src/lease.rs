@@ -17,7 +17,9 @@
 //! `leases` while their owner holds them and nowhere otherwise.
 //!
 //! Every lease has a deadline in `deadlines`, ordered by time, so expiry pops from the
-//! front and the next wake-up is the first element: no walk over the table. All maps
+//! front and the next wake-up is the first element: no walk over the table.
+//! `bound_by_mac` counts the bound leases of each MAC, so that whether a MAC holds a
+//! lease is O(1) (the network's anti-spoofing checks ask it per frame). All maps
 //! are bounded by the pool size plus the number of reservations, which
 //! [`MAX_POOL_SIZE`](crate::MAX_POOL_SIZE) caps; a client identifier is at most 255
 //! bytes and a stored host name at most [`MAX_HOSTNAME_LEN`] bytes.
@@ -89,6 +91,8 @@ pub(crate) struct Table {
     last_addr: HashMap<ClientKey, u32>,
     reserved_by_mac: HashMap<[u8; 6], u32>,
     reserved_addr: HashMap<u32, [u8; 6]>,
+    /// Bound leases per MAC (only MACs holding at least one).
+    bound_by_mac: HashMap<[u8; 6], u32>,
 }
 
 impl Table {
@@ -105,6 +109,29 @@ impl Table {
             last_addr: HashMap::new(),
             reserved_by_mac: reservations.iter().copied().collect(),
             reserved_addr,
+            bound_by_mac: HashMap::new(),
+        }
+    }
+
+    /// Whether `mac` holds a bound lease (reservations included): O(1).
+    pub fn holds_bound(&self, mac: [u8; 6]) -> bool {
+        self.bound_by_mac.contains_key(&mac)
+    }
+
+    /// Count (`up`) or uncount the lease at `addr` in `bound_by_mac`, when bound.
+    /// Called around every change of a lease's presence, MAC or state.
+    fn tally(&mut self, addr: u32, up: bool) {
+        let Some(l) = self.leases.get(&addr).filter(|l| l.state == State::Bound) else {
+            return;
+        };
+        let mac = l.mac;
+        if up {
+            *self.bound_by_mac.entry(mac).or_insert(0) += 1;
+        } else if let Some(n) = self.bound_by_mac.get_mut(&mac) {
+            *n -= 1;
+            if *n == 0 {
+                self.bound_by_mac.remove(&mac);
+            }
         }
     }
 
@@ -184,6 +211,7 @@ impl Table {
         if let Some(old) = self.leases.get(&addr) {
             self.deadlines.remove(&(old.expires, addr));
         }
+        self.tally(addr, false);
         self.deadlines.insert((expires, addr));
         self.by_client.insert(client.key.clone(), addr);
         let hostname = client
@@ -200,10 +228,12 @@ impl Table {
                 state,
             },
         );
+        self.tally(addr, true);
     }
 
     /// Marks `addr` declined until `until`: no client holds it, no one is offered it.
     pub fn decline(&mut self, addr: u32, until: Instant) {
+        self.tally(addr, false);
         let Some(lease) = self.leases.get_mut(&addr) else {
             return;
         };
@@ -221,6 +251,7 @@ impl Table {
 
     /// Frees `addr`. With `remember`, its client gets it back first next time.
     pub fn remove(&mut self, addr: u32, remember: bool) {
+        self.tally(addr, false);
         let Some(lease) = self.leases.remove(&addr) else {
             return;
         };
@@ -287,6 +318,13 @@ impl Table {
         }
         if self.remembered.len() != self.last_addr.len() {
             return Err("remembered and last_addr differ in size");
+        }
+        let mut bound: HashMap<[u8; 6], u32> = HashMap::new();
+        for l in self.leases.values().filter(|l| l.state == State::Bound) {
+            *bound.entry(l.mac).or_insert(0) += 1;
+        }
+        if bound != self.bound_by_mac {
+            return Err("bound_by_mac does not count the bound leases");
         }
         Ok(())
     }

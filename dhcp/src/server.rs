@@ -292,6 +292,12 @@ impl Server {
             .map(|(&a, _)| Ipv4Addr::from(a))
     }
 
+    /// Whether `mac` holds a bound (acknowledged or reserved) lease. O(1): the
+    /// network's anti-spoofing checks ask it per frame.
+    pub fn holds_lease(&self, mac: [u8; 6]) -> bool {
+        self.table.holds_bound(mac)
+    }
+
     /// The MAC an address is offered, leased or reserved to, if any. O(1): the data
     /// path may ask it per unresolved destination.
     pub fn mac_for_addr(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {

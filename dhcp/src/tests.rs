@@ -1289,6 +1289,10 @@ proptest! {
             }
             let leases: Vec<LeaseInfo> = h.s.leases().collect();
             prop_assert!(leases.len() <= 6);
+            for c in 0..8u8 {
+                let m = [0x52, 0x54, 0, 0, 0, c];
+                prop_assert_eq!(h.s.holds_lease(m), h.s.lease_for_mac(m).is_some());
+            }
             for l in &leases {
                 prop_assert!(l.addr != ip(17));
                 prop_assert!(l.addr != ip(25) || l.mac[5] == 7);

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::config::GATEWAY_MAC;
+use crate::config::{GATEWAY_LINK_LOCAL, GATEWAY_MAC, Ipv6Config};
 use crate::frames::ETH_HLEN;
 use crate::policy::FlowPolicy;
 use crate::port::Port;
@@ -153,7 +153,7 @@ pub struct GuestPort {
     /// The last IPv4 source seen (a change re-evaluates address-keyed settings).
     seen4: Option<Ipv4Addr>,
     /// Frames refused as spoofed, per [`Spoof`] reason.
-    pub spoofed: [u64; 6],
+    pub spoofed: [u64; guard::Spoof::ALL.len()],
     /// Frames to or from another guest refused by isolation.
     pub isolated: u64,
     /// A pidfd of the guest's process: readable when it exits, and the port leaves.
@@ -218,9 +218,21 @@ struct Look<'a> {
     dns: Ipv4Addr,
 }
 
+impl Look<'_> {
+    /// The network's IPv6 side, as its router serves it (none without a router or
+    /// without IPv6, as on internal networks: guests then own link-local addresses
+    /// only).
+    fn v6(&self) -> Option<&Ipv6Config> {
+        self.router?.config().ipv6.as_ref()
+    }
+}
+
 impl Lookup for Look<'_> {
     fn leased_to(&self, a: Ipv4Addr) -> Option<[u8; 6]> {
         self.router?.dhcp_mac_for(a)
+    }
+    fn holds_lease(&self, mac: [u8; 6]) -> bool {
+        self.router.is_some_and(|r| r.dhcp_holds_lease(mac))
     }
     fn used_by4(&self, a: Ipv4Addr) -> Option<[u8; 6]> {
         self.neigh4.get(&a).copied()
@@ -229,10 +241,19 @@ impl Lookup for Look<'_> {
         self.neigh6.get(&a).copied()
     }
     fn in_subnet(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.subnet.1 == u32::from(self.subnet.0)
+        let (net, mask) = self.subnet;
+        let host = u32::from(a) & !mask;
+        // The network and broadcast addresses are nobody's (but in a /31 or /32).
+        u32::from(a) & mask == u32::from(net) && (mask >= !1 || (host != 0 && host != !mask))
     }
     fn is_ours(&self, a: Ipv4Addr) -> bool {
         a == self.gateway || a == self.dns
+    }
+    fn is_ours6(&self, a: Ipv6Addr) -> bool {
+        a == GATEWAY_LINK_LOCAL || self.v6().is_some_and(|c| c.is_ours(a) || a == c.prefix)
+    }
+    fn in_prefix6(&self, a: Ipv6Addr) -> bool {
+        self.v6().is_some_and(|c| c.in_prefix(a))
     }
 }
 
@@ -446,6 +467,13 @@ impl Fabric {
             }
             p.flags_epoch = 0;
         }
+        // The configured address is taken from now on, before its guest first uses
+        // it: no other port can pin it meanwhile.
+        if let (Some(a), Some(m)) = (addr4, self.port(id).and_then(|p| p.ident.mac))
+            && (self.neigh4.len() < MAX_NEIGHBORS || self.neigh4.contains_key(&a))
+        {
+            self.neigh4.insert(a, m);
+        }
         self.refresh_flags(id);
     }
 
@@ -478,7 +506,7 @@ impl Fabric {
             flags: self.base,
             flags_epoch: 0,
             seen4: None,
-            spoofed: [0; 6],
+            spoofed: [0; guard::Spoof::ALL.len()],
             isolated: 0,
             watch: None,
         });

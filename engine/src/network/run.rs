@@ -931,6 +931,7 @@ pub fn policy_json(fabric: &Fabric) -> serde_json::Value {
                         let mac = p.ident.mac?;
                         fabric.router.as_ref()?.leases().into_iter().find(|l| l.mac == mac).map(|l| l.addr)
                     })
+                    .or(p.ident.pinned4)
                     .map(|a| a.to_string()),
                 "flags": flags(&p.flags),
                 "spoofed": spoofed,

@@ -826,43 +826,632 @@ fn a_slow_port_cannot_hold_up_the_others() {
     assert!(f.router.as_mut().unwrap().txq().is_empty());
 }
 
-proptest::proptest! {
-    /// Whatever a guest sends, no frame it sent leaves the switch toward another
-    /// guest with a source MAC or address it does not own.
-    #[test]
-    fn no_forged_source_ever_leaves_the_switch(
-        frames in proptest::collection::vec((0usize..3, 0usize..3, 0u8..4, 0u8..4, 0u8..3), 1..60)
-    ) {
-        let now = Instant::now();
-        let (mut f, _p) = fabric_with(cfg(), true);
-        let ports = three_ports(&mut f, now);
-        let macs = [MAC_A, MAC_B, MAC_C];
-        for (from, mac_i, ip_last, kind, to) in frames {
-            let port = ports[from];
-            let mac = macs[mac_i];
-            let ip = [10, 0, 2, 15 + ip_last];
-            let to_mac = macs[usize::from(to)];
-            let frame = match kind {
-                0 => icmp_echo(mac, to_mac, ip, [10, 0, 2, 99]),
-                1 => arp_reply(mac, ip, to_mac, [10, 0, 2, 99]),
-                2 => arp(1, mac, ip, [10, 0, 2, 99]),
-                _ => icmp_echo(mac, BCAST, ip, [10, 0, 2, 255]),
-            };
-            f.from_port(now, port, &frame);
-            let out = settle(&mut f, now);
-            for (dest, frs) in out {
-                for fr in frs {
-                    if fr[6..12] == GATEWAY_MAC {
-                        continue;
+const MAC_D: [u8; 6] = [0x52, 0x54, 0, 0, 0, 0x0d];
+
+fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 0, next, 255];
+    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn icmp6(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![t, 0, 0, 0];
+    m.extend_from_slice(body);
+    m
+}
+
+/// An NDP message of type `t` (133 RS, 135 NS, 136 NA) for `target`, with a
+/// link-layer address option for `lla`.
+fn ndp(t: u8, target: Ipv6Addr, lla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut b = vec![if t == 136 { 0x20 } else { 0 }, 0, 0, 0];
+    if t != 133 {
+        b.extend_from_slice(&target.octets());
+    }
+    if let Some(m) = lla {
+        b.extend_from_slice(&[if t == 136 { 2 } else { 1 }, 1]);
+        b.extend_from_slice(&m);
+    }
+    icmp6(t, &b)
+}
+
+/// `l4` (protocol `next`) behind extension header `kind`: 0 Hop-by-Hop, 60
+/// Destination Options, 43 Routing, 44 a first fragment, 45 a later fragment.
+fn behind(kind: u8, next: u8, l4: &[u8]) -> (u8, Vec<u8>) {
+    let mut h = vec![next, 0, 0, 0, 0, 0, 0, 0];
+    let proto = match kind {
+        44 => {
+            h[3] = 1;
+            44
+        }
+        45 => {
+            h[2..4].copy_from_slice(&(3u16 << 3).to_be_bytes());
+            44
+        }
+        k => k,
+    };
+    h.extend_from_slice(l4);
+    (proto, h)
+}
+
+fn vlan(tpid: u16, inner: &[u8]) -> Vec<u8> {
+    let mut f = inner[..12].to_vec();
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&[0, 7]);
+    f.extend_from_slice(&inner[12..]);
+    f
+}
+
+/// A DHCP client message (`mt` 1 DISCOVER, 3 REQUEST for `req`) with BOOTP `op` and
+/// `chaddr`, from `src`.
+fn dhcp_msg(mac: [u8; 6], src: [u8; 4], op: u8, chaddr: [u8; 6], mt: u8, req: [u8; 4]) -> Vec<u8> {
+    let mut f = dhcp(chaddr, mt, (mt == 3).then_some(req));
+    f[6..12].copy_from_slice(&mac);
+    f[14 + 12..14 + 16].copy_from_slice(&src);
+    f[14 + 20 + 8] = op;
+    f
+}
+
+/// What a frame claims, read without the checker's code: the addresses and MACs it
+/// speaks for, and whether it is a message only a router or server sends.
+#[derive(Debug, Default)]
+struct Claims {
+    src_mac: [u8; 6],
+    /// IPv4 source, ARP sender (0.0.0.0 left out).
+    v4: Vec<Ipv4Addr>,
+    /// IPv6 source, neighbour advertisement target (:: left out).
+    v6: Vec<Ipv6Addr>,
+    /// ARP sender MAC, NDP link-layer address options, DHCP chaddr.
+    macs: Vec<[u8; 6]>,
+    /// A DHCP or DHCPv6 server message, a router advertisement, a redirect.
+    server: bool,
+}
+
+fn claims(f: &[u8]) -> Claims {
+    let be = |b: &[u8], i: usize| b.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mac6 = |b: &[u8]| <[u8; 6]>::try_from(b).ok();
+    let mut c = Claims::default();
+    c.src_mac.copy_from_slice(&f[6..12]);
+    let mut at = 12;
+    // Read through VLAN tags: what matters is what the frame carries.
+    while matches!(be(f, at), Some(0x8100 | 0x88a8 | 0x9100)) {
+        at += 4;
+    }
+    let et = be(f, at);
+    let p = f.get(at + 2..).unwrap_or(&[]);
+    match et {
+        Some(0x0806) if p.len() >= 28 => {
+            c.macs.extend(mac6(&p[8..14]));
+            let a = Ipv4Addr::new(p[14], p[15], p[16], p[17]);
+            if !a.is_unspecified() {
+                c.v4.push(a);
+            }
+        }
+        Some(0x0800) if p.len() >= 20 => {
+            let a = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
+            if !a.is_unspecified() {
+                c.v4.push(a);
+            }
+            let ihl = usize::from(p[0] & 15) * 4;
+            let first = be(p, 6).is_some_and(|v| v & 0x1fff == 0);
+            let l4 = p.get(ihl..).unwrap_or(&[]);
+            if first && p[9] == 17 {
+                let (sport, dport) = (be(l4, 0), be(l4, 2));
+                c.server |= sport == Some(67) || dport == Some(68);
+                if dport == Some(67) {
+                    c.server |= l4.get(8) == Some(&2);
+                    c.macs.extend(l4.get(36..42).and_then(mac6));
+                }
+            }
+            c.server |= first && p[9] == 1 && l4.first() == Some(&5);
+        }
+        Some(0x86dd) if p.len() >= 40 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&p[8..24]);
+            let src = Ipv6Addr::from(b);
+            if !src.is_unspecified() {
+                c.v6.push(src);
+            }
+            let mut next = p[6];
+            let mut at = 40;
+            let mut upper = true;
+            for _ in 0..32 {
+                let Some(h) = p.get(at..at + 8) else {
+                    upper = false;
+                    break;
+                };
+                let len = match next {
+                    0 | 43 | 60 => (usize::from(h[1]) + 1) * 8,
+                    51 => (usize::from(h[1]) + 2) * 4,
+                    44 => {
+                        upper &= u16::from_be_bytes([h[2], h[3]]) & 0xfff8 == 0;
+                        8
                     }
-                    proptest::prop_assert!(dest != port);
-                    let p = f.port(port).unwrap();
-                    proptest::prop_assert_eq!(Some(&fr[6..12]), p.ident.mac.as_ref().map(|m| &m[..]));
-                    let claimed = if fr[12..14] == [8, 6] { &fr[28..32] } else { &fr[26..30] };
-                    let owned = p.ident.addr4.map(|a| a.octets());
-                    proptest::prop_assert_eq!(Some(claimed), owned.as_ref().map(|a| &a[..]));
+                    _ => break,
+                };
+                next = h[0];
+                at += len;
+            }
+            let l4 = p.get(at..).unwrap_or(&[]);
+            if upper && next == 17 {
+                c.server |= be(l4, 0) == Some(547) || be(l4, 2) == Some(546);
+            }
+            if upper && next == 58 {
+                let t = l4.first().copied();
+                c.server |= matches!(t, Some(134 | 137));
+                if t == Some(136)
+                    && let Some(b) = l4.get(8..24)
+                {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(b);
+                    c.v6.push(Ipv6Addr::from(a));
+                }
+                let opts = match t {
+                    Some(133) => 8,
+                    Some(135 | 136) => 24,
+                    _ => l4.len(),
+                };
+                let mut o = l4.get(opts..).unwrap_or(&[]);
+                while o.len() >= 8 && o[1] != 0 {
+                    if matches!(o[0], 1 | 2) {
+                        c.macs.extend(mac6(&o[2..8]));
+                    }
+                    o = o.get(usize::from(o[1]) * 8..).unwrap_or(&[]);
                 }
             }
         }
+        _ => {}
+    }
+    c
+}
+
+fn v4_choice(i: usize) -> [u8; 4] {
+    [
+        [10, 0, 2, 15], // A's lease
+        [10, 0, 2, 16], // B's lease
+        [10, 0, 2, 17], // free in the pool
+        [10, 0, 2, 18], // free in the pool
+        [10, 0, 2, 30],
+        [10, 0, 2, 31],
+        [10, 0, 2, 40], // D's configured address
+        [10, 0, 2, 2],  // the gateway
+        [10, 0, 2, 3],  // DNS
+        [10, 0, 2, 255],
+        [0, 0, 0, 0],
+        [192, 0, 2, 1],
+    ][i % 12]
+}
+
+fn v6_choice(i: usize) -> Ipv6Addr {
+    let s = [
+        "fe80::a",
+        "fe80::b",
+        "fe80::c",
+        "fd00::a",
+        "fd00::b",
+        "fe80::5055:aff:fe00:202", // the router's link-local address
+        "fd00::2",
+        "fd00::3",
+        "fd00::",
+        "2001:db8::1",
+        "::",
+        "fd00::c",
+    ][i % 12];
+    s.parse().unwrap_or(Ipv6Addr::UNSPECIFIED)
+}
+
+/// One generated frame: `(port, mac, kind, a, b, c, bits)`.
+type Gen = (usize, usize, u8, usize, usize, usize, u8);
+
+/// The frame a [`Gen`] stands for from a port whose MAC is `own`: `mac` picks the
+/// source MAC (`macs`, else `own`).
+fn gen_frame(g: Gen, macs: &[[u8; 6]; 5], own: [u8; 6]) -> Vec<u8> {
+    let (from, mac_i, kind, a, b, c, bits) = g;
+    let mac = macs.get(mac_i).copied().unwrap_or(own);
+    // Past the shared choices, the generator's guess at the port's own addresses.
+    let v4_choice = |i: usize| match i {
+        0..12 => v4_choice(i),
+        _ => [
+            [10, 0, 2, 15],
+            [10, 0, 2, 16],
+            [10, 0, 2, 30],
+            [10, 0, 2, 40],
+        ][from % 4],
+    };
+    let v6_choice = |i: usize| match i {
+        0..12 => v6_choice(i),
+        12 => Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0xa + from as u16),
+        _ => Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xa + from as u16),
+    };
+    let other = macs[b % 5];
+    let dsts = [
+        MAC_A,
+        MAC_B,
+        MAC_C,
+        MAC_D,
+        BCAST,
+        GATEWAY_MAC,
+        [0x33, 0x33, 0, 0, 0, 1],
+    ];
+    let dst = dsts[c % dsts.len()];
+    let src4 = v4_choice(a);
+    let src6 = v6_choice(a);
+    let all_nodes: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let ports = [
+        (1000, 2000),
+        (68, 67),
+        (67, 68),
+        (5000, 68),
+        (546, 547),
+        (547, 546),
+    ];
+    let lla = [None, Some(mac), Some(other)][usize::from(bits) % 3];
+    let ext = [0u8, 60, 43, 44, 45][usize::from(bits >> 2) % 5];
+    match kind % 14 {
+        0 => {
+            let (s, d) = ports[c % 4];
+            eth(
+                dst,
+                mac,
+                0x0800,
+                &ipv4(src4, v4_choice(b), 17, &udp(s, d, b"x")),
+            )
+        }
+        1 => {
+            let t = if bits & 1 == 1 { 5 } else { 8 };
+            eth(
+                dst,
+                mac,
+                0x0800,
+                &ipv4(src4, v4_choice(b), 1, &[t, 0, 0, 0, 0, 1, 0, 1]),
+            )
+        }
+        2 => {
+            let mut f = arp(1, mac, src4, v4_choice(b));
+            f[22..28].copy_from_slice(&[mac, other][usize::from(bits & 1)]);
+            f
+        }
+        3 => arp_reply(mac, src4, dst, v4_choice(b)),
+        4 => arp(1, mac, src4, src4),
+        5 => {
+            let src = if bits & 1 == 1 { src4 } else { [0; 4] };
+            let op = if bits & 2 == 2 { 2 } else { 1 };
+            let mt = if bits & 4 == 4 { 3 } else { 1 };
+            let chaddr = if bits & 8 == 8 { other } else { mac };
+            dhcp_msg(mac, src, op, chaddr, mt, v4_choice(b))
+        }
+        6 => {
+            let (s, d) = ports[[0, 4, 5][c % 3]];
+            eth(
+                dst,
+                mac,
+                0x86dd,
+                &ipv6(src6, all_nodes, 17, &udp(s, d, b"x")),
+            )
+        }
+        7 => eth(
+            dst,
+            mac,
+            0x86dd,
+            &ipv6(src6, all_nodes, 58, &ndp(136, v6_choice(b), lla)),
+        ),
+        8 => eth(
+            dst,
+            mac,
+            0x86dd,
+            &ipv6(src6, all_nodes, 58, &ndp(135, v6_choice(b), lla)),
+        ),
+        9 => {
+            let t = if bits & 1 == 1 { 137 } else { 134 };
+            eth(
+                dst,
+                mac,
+                0x86dd,
+                &ipv6(src6, all_nodes, 58, &icmp6(t, &[0; 36])),
+            )
+        }
+        10 => eth(
+            dst,
+            mac,
+            0x86dd,
+            &ipv6(src6, all_nodes, 58, &ndp(133, src6, lla)),
+        ),
+        11 => {
+            let inner = gen_frame((from, mac_i, (c % 10) as u8, a, b, c / 2, bits), macs, own);
+            let tpid = [0x8100, 0x88a8, 0x9100][usize::from(bits) % 3];
+            let f = vlan(tpid, &inner);
+            if bits & 0x80 != 0 {
+                vlan(0x8100, &f)
+            } else {
+                f
+            }
+        }
+        12 => {
+            let l4 = match c % 4 {
+                0 => ndp(136, v6_choice(b), lla),
+                1 => icmp6(134, &[0; 12]),
+                2 => udp(547, 546, b"x"),
+                _ => udp(1000, 2000, b"x"),
+            };
+            let next = if c % 4 >= 2 { 17 } else { 58 };
+            let (proto, payload) = behind(ext, next, &l4);
+            eth(dst, mac, 0x86dd, &ipv6(src6, all_nodes, proto, &payload))
+        }
+        _ => {
+            // An MLD report behind Hop-by-Hop (as Linux sends them, also from ::).
+            let (proto, payload) = behind(0, 58, &icmp6(143, &[0; 4]));
+            eth(
+                [0x33, 0x33, 0, 0, 0, 0x16],
+                mac,
+                0x86dd,
+                &ipv6(
+                    src6,
+                    "ff02::16".parse().unwrap_or(all_nodes),
+                    proto,
+                    &payload,
+                ),
+            )
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    /// Whatever guests send (IPv4 from leased, unleased, configured, foreign and
+    /// router addresses and 0.0.0.0, DHCP client messages with any chaddr and BOOTP
+    /// op, ARP requests, replies and gratuitous ARP, IPv6 from link-local, in-prefix,
+    /// off-prefix, router addresses and ::, NDP with link-layer address options, RA and
+    /// redirects, DHCPv6 server messages, extension headers and fragments, VLAN and
+    /// QinQ tags, with any source MAC), no frame from a port with anti-spoofing on
+    /// leaves the switch (to another port's queue, or to the router) with a source the
+    /// port does not own. The oracle reads each frame that left on its own (`claims`)
+    /// and keeps its own books: (a) every MAC the frame speaks for (source, ARP sender,
+    /// NDP options, DHCP chaddr) is the port's first MAC; (b) no address leaves from
+    /// two ports (unless DHCP leased it to the second since); (c) the gateway's and DNS
+    /// addresses (IPv4 and IPv6) never leave from a guest, nor addresses outside the
+    /// subnet or the prefix and link-local; (d) a leased address leaves only from its
+    /// holder's MAC, and a port holding a lease or a configured address speaks for
+    /// those only; no server or router message leaves; no guest's MAC moves to another
+    /// port in the switch.
+    #[test]
+    fn no_forged_source_ever_leaves_the_switch(
+        frames in proptest::collection::vec(
+            (0usize..4, 0usize..16, 0u8..14, 0usize..16, 0usize..16, 0usize..12, proptest::prelude::any::<u8>()),
+            1..80,
+        )
+    ) {
+        let now = Instant::now();
+        let mut c = cfg();
+        c.ipv6 = Some(crate::config::Ipv6Config::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 64));
+        if let Some(d) = c.dhcp.as_mut() {
+            d.pool_start = [10, 0, 2, 15].into();
+            d.pool_end = [10, 0, 2, 18].into();
+        }
+        let (mut f, _p) = fabric_with(c, true);
+        let ports = [
+            f.add_port(now, None, PortKind::Virtual, "a".into()).unwrap(),
+            f.add_port(now, None, PortKind::Virtual, "b".into()).unwrap(),
+            f.add_port(now, None, PortKind::Virtual, "c".into()).unwrap(),
+            f.add_port(now, None, PortKind::Virtual, "d".into()).unwrap(),
+        ];
+        let first = [MAC_A, MAC_B, MAC_C, MAC_D];
+        let macs = [MAC_A, MAC_B, MAC_C, MAC_D, GATEWAY_MAC];
+        // A and B lease .15 and .16; C configures itself; D is configured (.40).
+        for i in 0..2 {
+            f.from_port(now, ports[i], &dhcp(first[i], 1, None));
+            let out = settle(&mut f, now);
+            let offer = out[&ports[i]].iter().find(|fr| fr[6..12] == GATEWAY_MAC).unwrap();
+            let addr = yiaddr(offer);
+            f.from_port(now, ports[i], &dhcp(first[i], 3, Some(addr)));
+            let _ = settle(&mut f, now);
+        }
+        f.from_port(now, ports[2], &arp(1, MAC_C, [0; 4], [10, 0, 2, 2]));
+        f.configure_identity(ports[3], Some(MAC_D), Some([10, 0, 2, 40].into()));
+        // D uses its address at once: until then nothing tells the other ports it is
+        // taken (`configure_identity` does not note it as a neighbour).
+        f.from_port(now, ports[3], &arp(1, MAC_D, [10, 0, 2, 40], [10, 0, 2, 2]));
+        let _ = settle(&mut f, now);
+        let leases = f.router.as_ref().unwrap().leases();
+        proptest::prop_assert_eq!(leases.len(), 2);
+
+        let ours4 = [Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 3)];
+        let ours6 = [
+            crate::config::GATEWAY_LINK_LOCAL,
+            "fd00::2".parse::<Ipv6Addr>().unwrap(),
+            "fd00::3".parse::<Ipv6Addr>().unwrap(),
+        ];
+        let mut owner4: HashMap<Ipv4Addr, PortId> = HashMap::new();
+        let mut owner6: HashMap<Ipv6Addr, PortId> = HashMap::new();
+        use std::sync::atomic::Ordering::Relaxed;
+        for g in frames {
+            let from = g.0;
+            let port = ports[from];
+            let frame = gen_frame(g, &macs, first[from]);
+            // The lease table as the frame found it.
+            let leases = f.router.as_ref().unwrap().leases();
+            let before = f.stats.rx_frames.load(Relaxed);
+            f.from_port(now, port, &frame);
+            let to_router = f.stats.rx_frames.load(Relaxed) > before;
+            let out = settle(&mut f, now);
+            let to_port = out
+                .iter()
+                .any(|(&dest, frs)| dest != port && frs.contains(&frame));
+            proptest::prop_assert!(
+                !out.get(&port).is_some_and(|frs| frs.contains(&frame)),
+                "a frame came back to its own port"
+            );
+            if !(to_router || to_port) {
+                continue;
+            }
+            let c = claims(&frame);
+            let me = first[from];
+            proptest::prop_assert_eq!(c.src_mac, me, "source MAC of {:02x?}", frame);
+            for m in &c.macs {
+                proptest::prop_assert_eq!(*m, me, "a MAC claimed by {:02x?}", frame);
+            }
+            proptest::prop_assert!(!c.server, "a server's message left: {:02x?}", frame);
+            // A port with a bound lease or a configured address speaks for those only.
+            let configured = (from == 3).then_some(Ipv4Addr::new(10, 0, 2, 40));
+            let bound = leases.iter().any(|l| {
+                l.mac == me
+                    && matches!(
+                        l.state,
+                        usernet_dhcp::LeaseState::Bound | usernet_dhcp::LeaseState::Reserved
+                    )
+            });
+            for a in &c.v4 {
+                proptest::prop_assert!(!ours4.contains(a), "{} left from port {}", a, port);
+                let o = a.octets();
+                proptest::prop_assert!(
+                    o[..3] == [10, 0, 2] && o[3] != 0 && o[3] != 255,
+                    "{} is nobody's",
+                    a
+                );
+                if bound || configured.is_some() {
+                    let mine = Some(*a) == configured
+                        || leases.iter().any(|l| l.addr == *a && l.mac == me);
+                    proptest::prop_assert!(mine, "{} left from port {} holding a lease", a, port);
+                }
+                let lease = leases
+                    .iter()
+                    .find(|l| l.addr == *a && l.state != usernet_dhcp::LeaseState::Declined);
+                if let Some(l) = lease {
+                    proptest::prop_assert_eq!(l.mac, me, "leased {} left from port {}", a, port);
+                }
+                match owner4.insert(*a, port) {
+                    Some(p) if p != port => proptest::prop_assert!(
+                        lease.is_some(),
+                        "{} left from ports {} and {}",
+                        a,
+                        p,
+                        port
+                    ),
+                    _ => {}
+                }
+            }
+            for a in &c.v6 {
+                proptest::prop_assert!(!ours6.contains(a), "{} left from port {}", a, port);
+                let s = a.segments();
+                proptest::prop_assert!(
+                    s[0] & 0xffc0 == 0xfe80 || s[..4] == [0xfd00, 0, 0, 0],
+                    "{} is nobody's",
+                    a
+                );
+                let prev = owner6.insert(*a, port);
+                proptest::prop_assert!(
+                    prev.is_none_or(|p| p == port),
+                    "{} left from ports {:?} and {}",
+                    a,
+                    prev,
+                    port
+                );
+            }
+            // Nobody else's MAC was pulled to this port: traffic is not stolen.
+            for (i, m) in first.iter().enumerate() {
+                let at = f.switch.port_of(now, *m);
+                proptest::prop_assert!(at.is_none() || at == Some(ports[i]), "{:02x?} on {:?}", m, at);
+            }
+        }
+    }
+}
+
+/// The other side of the property above: what guests send in the ordinary course
+/// (their lease, a pinned or configured address, link-local and in-prefix IPv6, DAD,
+/// MLD behind Hop-by-Hop, neighbour advertisements with their own MAC, DHCP from
+/// 0.0.0.0) still leaves the switch.
+#[test]
+fn ordinary_guest_frames_still_leave() {
+    let now = Instant::now();
+    let mut c = cfg();
+    c.ipv6 = Some(crate::config::Ipv6Config::new(
+        Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+        64,
+    ));
+    let (mut f, _p) = fabric_with(c, true);
+    let [a, b, _c] = three_ports(&mut f, now);
+    f.from_port(now, a, &dhcp(MAC_A, 1, None));
+    let out = settle(&mut f, now);
+    let offer = out[&a].iter().find(|fr| fr[6..12] == GATEWAY_MAC).unwrap();
+    let lease = yiaddr(offer);
+    f.from_port(now, a, &dhcp(MAC_A, 3, Some(lease)));
+    let _ = settle(&mut f, now);
+    let all: Ipv6Addr = "ff02::1".parse().unwrap();
+    let ll: Ipv6Addr = "fe80::a".parse().unwrap();
+    let global: Ipv6Addr = "fd00::a".parse().unwrap();
+    let (hbh, mld) = behind(0, 58, &icmp6(143, &[0; 4]));
+    let frames = [
+        (a, dhcp(MAC_A, 1, None)),
+        (a, icmp_echo(MAC_A, BCAST, lease, [10, 0, 2, 255])),
+        (a, arp(1, MAC_A, lease, lease)),
+        (b, arp(1, MAC_B, [10, 0, 2, 30], [10, 0, 2, 30])),
+        (b, icmp_echo(MAC_B, BCAST, [10, 0, 2, 30], [10, 0, 2, 255])),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(Ipv6Addr::UNSPECIFIED, all, 58, &ndp(135, ll, None)),
+            ),
+        ),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(Ipv6Addr::UNSPECIFIED, all, hbh, &mld),
+            ),
+        ),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(ll, all, 58, &ndp(133, ll, Some(MAC_A))),
+            ),
+        ),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(ll, all, 58, &ndp(136, ll, Some(MAC_A))),
+            ),
+        ),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(global, all, 17, &udp(1000, 2000, b"x")),
+            ),
+        ),
+        (
+            a,
+            eth(
+                BCAST,
+                MAC_A,
+                0x86dd,
+                &ipv6(ll, all, 58, &ndp(136, global, Some(MAC_A))),
+            ),
+        ),
+    ];
+    for (i, (port, fr)) in frames.iter().enumerate() {
+        f.from_port(now, *port, fr);
+        let out = settle(&mut f, now);
+        assert!(
+            out.iter().any(|(&d, frs)| d != *port && frs.contains(fr)),
+            "frame {i} did not leave: {:?}",
+            f.port(*port).map(|p| p.spoofed)
+        );
+    }
+    for p in [a, b] {
+        assert_eq!(f.port(p).unwrap().spoofed, [0; guard::Spoof::ALL.len()]);
     }
 }

@@ -431,6 +431,11 @@ impl Router {
         self.dhcp.as_ref()?.mac_for_addr(addr)
     }
 
+    /// Whether `mac` holds a bound DHCP lease: O(1).
+    pub fn dhcp_holds_lease(&self, mac: [u8; 6]) -> bool {
+        self.dhcp.as_ref().is_some_and(|s| s.holds_lease(mac))
+    }
+
     /// The guest a forward rule sends to: `None` when the rule names its guest by a
     /// MAC that holds no lease.
     fn guest_for_rule(&self, id: u32) -> Option<fwd::DefaultGuest> {
