@@ -1,7 +1,7 @@
 //! Networks of guests: `usernet network NAME` (a learning switch plus, in nat and
 //! host-only modes, the router), `usernet attach` (a namespace's TAP joins a running
-//! network, or starts one), `usernet run --network` and a QEMU guest on the network's
-//! stream socket.
+//! network, or starts one), `usernet run --network`, and QEMU guests on the network's
+//! stream socket or through `usernet vm --network`.
 //!
 //! Every network runs inside the test's host namespace (`ip netns exec un-h-<id>`, as the
 //! other engines do) with `--runtime-dir <scratch>/run`, so tests never share sockets and
@@ -128,6 +128,110 @@ fn in_pool(addr: &str) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// A port forward as `list_hostfwd` should show it (host address 127.0.0.1).
+struct WantFwd {
+    proto: &'static str,
+    host_port: u16,
+    /// "" for a forward to a MAC.
+    guest_addr: String,
+    /// The MAC (colons, lower case) of a forward to a MAC.
+    guest_mac: Option<&'static str>,
+    guest_port: u16,
+    /// The `--natpf` rule's NAME.
+    name: Option<&'static str>,
+}
+
+/// The lines of `--list`'s "forwards:" section, whitespace collapsed.
+fn list_text_forwards(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| l.trim() != "forwards:")
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// `list_hostfwd` (`.return.entries`), `--list --json`'s `forwards` and `--list`'s text
+/// show exactly the forwards `want`, every field compared; returns each one's id, by
+/// (proto, host port).
+fn check_forwards(net: &Network, want: &[WantFwd]) -> HashMap<(String, u16), u64> {
+    let api = net.api_array("list_hostfwd", "entries");
+    let json = net.list_array("forwards");
+    let mut ids = HashMap::new();
+    for (src, entries) in [("list_hostfwd", &api), ("--list --json", &json)] {
+        assert_eq!(
+            entries.len(),
+            want.len(),
+            "{src}: {} forwards expected: {entries:#?}",
+            want.len()
+        );
+        for w in want {
+            let e = entries
+                .iter()
+                .find(|e| {
+                    jstr(e, "proto") == w.proto
+                        && e.get("host_port").and_then(Value::as_u64) == Some(w.host_port.into())
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{src}: no {} forward of host port {}: {entries:#?}",
+                        w.proto, w.host_port
+                    )
+                });
+            let what = format!(
+                "{src}: the {} forward of host port {}",
+                w.proto, w.host_port
+            );
+            assert_eq!(jstr(e, "host_addr"), "127.0.0.1", "{what}: {e}");
+            assert_eq!(jstr(e, "guest_addr"), w.guest_addr, "{what}: {e}");
+            assert_eq!(
+                jnum(e, "guest_port"),
+                u64::from(w.guest_port),
+                "{what}: {e}"
+            );
+            assert_eq!(
+                norm_mac(&jstr(e, "guest_mac")),
+                w.guest_mac.unwrap_or(""),
+                "{what}: {e}"
+            );
+            assert_eq!(jstr(e, "name"), w.name.unwrap_or(""), "{what}: {e}");
+            let id = jnum(e, "id");
+            let prev = ids.insert((w.proto.to_string(), w.host_port), id);
+            assert!(
+                prev.is_none() || prev == Some(id),
+                "{what}: id {id}, {prev:?} elsewhere"
+            );
+        }
+    }
+    let mut uniq: Vec<u64> = ids.values().copied().collect();
+    uniq.sort_unstable();
+    uniq.dedup();
+    assert_eq!(
+        uniq.len(),
+        want.len(),
+        "forward ids should be distinct: {ids:?}"
+    );
+    let out = net.list_cmd(false);
+    assert!(out.status.success(), "--list: {}", out_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut got = list_text_forwards(&text);
+    let mut exp: Vec<String> = want
+        .iter()
+        .map(|w| {
+            let id = ids[&(w.proto.to_string(), w.host_port)];
+            let guest = w.guest_mac.map_or(w.guest_addr.clone(), str::to_string);
+            format!(
+                "{id} {}/127.0.0.1:{} -> {guest}:{}",
+                w.proto, w.host_port, w.guest_port
+            )
+        })
+        .collect();
+    got.sort();
+    exp.sort();
+    assert_eq!(got, exp, "--list's forwards section:\n{text}");
+    ids
 }
 
 // ---------------------------------------------------------------------------------------
@@ -271,6 +375,314 @@ fn nat_three_guests() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 1b. forwards that name their guest: --natpf and the API
+// ---------------------------------------------------------------------------------------
+
+/// The UDP port of the guests' tag servers.
+const TAG_UDP_PORT: u16 = 7100;
+
+/// A UDP server in `g` on 0.0.0.0:`port` answering every datagram with `tag`; counts
+/// them; stops on drop.
+struct UdpTag {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl UdpTag {
+    fn start(g: &Guest, port: u16, tag: &str) -> UdpTag {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let s = g.run(|| std::net::UdpSocket::bind(("0.0.0.0", port)));
+        let s = s.unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let count = std::sync::Arc::new(AtomicU32::new(0));
+        let (st, n, tag) = (stop.clone(), count.clone(), tag.to_string());
+        let handle = thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(180) {
+                if let Ok((_, from)) = s.recv_from(&mut buf) {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let _ = s.send_to(tag.as_bytes(), from);
+                }
+            }
+        });
+        UdpTag {
+            stop,
+            count,
+            handle: Some(handle),
+        }
+    }
+
+    fn count(&self) -> u32 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for UdpTag {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// What the forward at the host namespace's 127.0.0.1:`port` (`proto`) answers: the tag
+/// of the guest it reached. Retried (≤ 10 s) while nothing answers; a wrong answer fails
+/// at once (a retry must not hide a forward that reached the other guest). Returns
+/// how many tries it took.
+fn forward_tag(host: &HostNs, proto: &str, port: u16, want: &str, net: &Network) -> u32 {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    let mut tries = 0;
+    while Instant::now() < deadline {
+        tries += 1;
+        let r = host.run(|| -> io::Result<String> {
+            if proto == "udp" {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                s.connect(addr)?;
+                let b = udp_request(&s, b"who", 1, Duration::from_secs(1))?;
+                Ok(String::from_utf8_lossy(&b).trim().to_string())
+            } else {
+                let mut s = connect_tcp(addr, Duration::from_secs(3))?;
+                let mut t = String::new();
+                s.read_to_string(&mut t)?;
+                Ok(t.trim().to_string())
+            }
+        });
+        match r {
+            Ok(t) if t == want => return tries,
+            Ok(t) if !t.is_empty() => panic!(
+                "the {proto} forward 127.0.0.1:{port} should reach {want:?}; it reached {t:?}\n\
+                 network output: {}",
+                net.log()
+            ),
+            Ok(_) => last = "an empty answer".into(),
+            Err(e) => last = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "the {proto} forward 127.0.0.1:{port} should reach {want:?}: {last}\nnetwork output: {}",
+        net.log()
+    );
+}
+
+/// Forwards on a network each name their guest, and reach exactly it: two guests (A
+/// reserved 10.0.2.15, B 10.0.2.16) run the same TCP and UDP servers on the same ports,
+/// each answering its own tag. `--natpf` (VirtualBox's NAME,PROTO,HOSTIP,HOSTPORT,
+/// GUESTIP,GUESTPORT) forwards to A by address (TCP and UDP), to B by address and to B by
+/// MAC; the API's `add_hostfwd` adds, the other way round, B by `guest_addr`, A by
+/// `guest_addr` (TCP), B by `guest_addr` (UDP) and A by `guest_mac`. Every forward answers
+/// its guest's tag (a wrong tag fails at once), each guest's servers saw exactly the
+/// connections and datagrams of its own forwards, and list_hostfwd, `--list --json` and
+/// `--list` show every rule field for field; after `remove_hostfwd` of one, its port is
+/// closed and the list shows the others.
+#[test]
+fn forwards_reach_their_own_guest() {
+    const FA: &str = "52:54:00:f0:00:01";
+    const FB: &str = "52:54:00:f0:00:02";
+    let host = HostNs::new();
+    let tcp = free_ports(&host, 6);
+    let udp: Vec<u16> = (0..2)
+        .map(|_| {
+            host.udp_socket("127.0.0.1:0")
+                .local_addr()
+                .expect("local_addr")
+                .port()
+        })
+        .collect();
+    let name = net_name("natpf");
+    let mut net = Network::start(
+        &host,
+        &name,
+        &[
+            "--dhcp-host",
+            &format!("{FA},10.0.2.15"),
+            "--dhcp-host",
+            &format!("{FB},10.0.2.16"),
+            "--natpf",
+            &format!("a-tcp,tcp,127.0.0.1,{},10.0.2.15,{NAME_PORT}", tcp[0]),
+            "--natpf",
+            &format!("b-tcp,tcp,127.0.0.1,{},10.0.2.16,{NAME_PORT}", tcp[1]),
+            "--natpf",
+            &format!(
+                "b-mac,tcp,127.0.0.1,{},{},{NAME_PORT}",
+                tcp[2],
+                FB.replace(':', "-")
+            ),
+            "--natpf",
+            &format!("a-udp,udp,127.0.0.1,{},10.0.2.15,{TAG_UDP_PORT}", udp[0]),
+        ],
+    );
+    let ga = Guest::new(Owner::Root);
+    let gb = Guest::new(Owner::Root);
+    net.attach(&host, &ga, &["--configure", "--macaddress", FA]);
+    net.attach(&host, &gb, &["--configure", "--macaddress", FB]);
+    let ia = guest_udhcpc(&ga, &host.dir, "fa", &[])["ip"].clone();
+    let ib = guest_udhcpc(&gb, &host.dir, "fb", &[])["ip"].clone();
+    assert_eq!((ia.as_str(), ib.as_str()), ("10.0.2.15", "10.0.2.16"));
+    let ta = name_server(&ga, NAME_PORT, "guest-a");
+    let tb = name_server(&gb, NAME_PORT, "guest-b");
+    let ua = UdpTag::start(&ga, TAG_UDP_PORT, "guest-a");
+    let ub = UdpTag::start(&gb, TAG_UDP_PORT, "guest-b");
+
+    // The API, the other way round: B first, by address; A by address; B's UDP; A by MAC.
+    let add = |proto: &str, port: u16, guest: &str, guest_port: u16| -> u64 {
+        let v = api_json(
+            &net.api(),
+            &format!(
+                r#"{{"execute":"add_hostfwd","arguments":{{"proto":"{proto}","host_addr":"127.0.0.1","host_port":{port},{guest},"guest_port":{guest_port}}}}}"#
+            ),
+        );
+        v.pointer("/return/id")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("add_hostfwd {proto} {port} {guest}: {v}"))
+    };
+    let api_b = add("tcp", tcp[3], r#""guest_addr":"10.0.2.16""#, NAME_PORT);
+    add("tcp", tcp[4], r#""guest_addr":"10.0.2.15""#, NAME_PORT);
+    add("udp", udp[1], r#""guest_addr":"10.0.2.16""#, TAG_UDP_PORT);
+    add("tcp", tcp[5], &format!(r#""guest_mac":"{FA}""#), NAME_PORT);
+
+    let to_a = [
+        ("tcp", tcp[0]),
+        ("tcp", tcp[4]),
+        ("tcp", tcp[5]),
+        ("udp", udp[0]),
+    ];
+    let to_b = [
+        ("tcp", tcp[1]),
+        ("tcp", tcp[2]),
+        ("tcp", tcp[3]),
+        ("udp", udp[1]),
+    ];
+    let mut udp_tries = [0u32; 2];
+    for _round in 0..2 {
+        for (k, (tag, fwds)) in [("guest-a", to_a), ("guest-b", to_b)]
+            .into_iter()
+            .enumerate()
+        {
+            for (proto, port) in fwds {
+                let n = forward_tag(&host, proto, port, tag, &net);
+                if proto == "udp" {
+                    udp_tries[k] += n;
+                }
+            }
+        }
+    }
+    // Each guest's servers saw its own forwards' traffic and nothing else: 3 TCP forwards
+    // and 1 UDP forward each, twice (every answer above was the right tag, so none went
+    // to the other guest). A UDP try whose answer was lost may have arrived, hence ≤.
+    assert_eq!(
+        (ta.accepted(), tb.accepted()),
+        (6, 6),
+        "TCP connections at A, at B"
+    );
+    for (k, (tag, got)) in [("A", ua.count()), ("B", ub.count())]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(
+            got >= 2 && got <= udp_tries[k],
+            "UDP datagrams at {tag}: {got}, sent through its forwards: {}",
+            udp_tries[k]
+        );
+    }
+
+    let mut want = vec![
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[0],
+            guest_addr: "10.0.2.15".into(),
+            guest_mac: None,
+            guest_port: NAME_PORT,
+            name: Some("a-tcp"),
+        },
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[1],
+            guest_addr: "10.0.2.16".into(),
+            guest_mac: None,
+            guest_port: NAME_PORT,
+            name: Some("b-tcp"),
+        },
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[2],
+            guest_addr: String::new(),
+            guest_mac: Some(FB),
+            guest_port: NAME_PORT,
+            name: Some("b-mac"),
+        },
+        WantFwd {
+            proto: "udp",
+            host_port: udp[0],
+            guest_addr: "10.0.2.15".into(),
+            guest_mac: None,
+            guest_port: TAG_UDP_PORT,
+            name: Some("a-udp"),
+        },
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[3],
+            guest_addr: "10.0.2.16".into(),
+            guest_mac: None,
+            guest_port: NAME_PORT,
+            name: None,
+        },
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[4],
+            guest_addr: "10.0.2.15".into(),
+            guest_mac: None,
+            guest_port: NAME_PORT,
+            name: None,
+        },
+        WantFwd {
+            proto: "udp",
+            host_port: udp[1],
+            guest_addr: "10.0.2.16".into(),
+            guest_mac: None,
+            guest_port: TAG_UDP_PORT,
+            name: None,
+        },
+        WantFwd {
+            proto: "tcp",
+            host_port: tcp[5],
+            guest_addr: String::new(),
+            guest_mac: Some(FA),
+            guest_port: NAME_PORT,
+            name: None,
+        },
+    ];
+    let ids = check_forwards(&net, &want);
+    assert_eq!(ids[&("tcp".to_string(), tcp[3])], api_b, "add_hostfwd's id");
+
+    // remove_hostfwd: that port closes, the list shows the other seven.
+    let v = api_json(
+        &net.api(),
+        &format!(r#"{{"execute":"remove_hostfwd","arguments":{{"id":{api_b}}}}}"#),
+    );
+    assert!(v.get("error").is_none(), "remove_hostfwd {api_b}: {v}");
+    want.retain(|w| !(w.proto == "tcp" && w.host_port == tcp[3]));
+    check_forwards(&net, &want);
+    let gone = SocketAddr::from((Ipv4Addr::LOCALHOST, tcp[3]));
+    let r = host.run(|| TcpStream::connect_timeout(&gone, Duration::from_secs(3)));
+    assert!(
+        r.is_err(),
+        "the removed forward 127.0.0.1:{} still accepts",
+        tcp[3]
+    );
+    forward_tag(&host, "tcp", tcp[1], "guest-b", &net);
+    assert_eq!(tb.accepted(), 7);
+    net.assert_alive("at the end");
+}
+
+// ---------------------------------------------------------------------------------------
 // 2. nat: a QEMU guest and a namespace guest
 // ---------------------------------------------------------------------------------------
 
@@ -294,13 +706,13 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(host: &HostNs, netdev: &str, http_port: u16) -> Vm {
+    /// Boots the test VM on `netdev`; `params` are the /init's kernel parameters
+    /// (`usernet_http=`, `usernet_echo=`, `usernet_peer=`, see tests/vm/build-initramfs.sh).
+    fn boot(host: &HostNs, netdev: &str, params: &str) -> Vm {
         let img = vm_image();
         let console = host.dir.join("console.log");
         let qemu_log = host.dir.join("qemu.log");
-        let append = format!(
-            "console=ttyS0 quiet panic=-1 usernet_http={http_port} usernet_echo={VM_ECHO_PORT}"
-        );
+        let append = format!("console=ttyS0 quiet panic=-1 {params}");
         let mut c = Command::new("qemu-system-x86_64");
         c.args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
             .args(["-nodefaults", "-display", "none", "-no-reboot"])
@@ -390,7 +802,11 @@ fn nat_qemu_and_namespace() {
         "the network should print its API socket's path:\n{}",
         net.log()
     );
-    let mut vm = Vm::boot(&host, &netdev, http.port());
+    let mut vm = Vm::boot(
+        &host,
+        &netdev,
+        &format!("usernet_http={} usernet_echo={VM_ECHO_PORT}", http.port()),
+    );
 
     let g = Guest::new(Owner::Root);
     let ns_port = net.attach(&host, &g, &["--configure", "--macaddress", NS_MAC]);
@@ -470,19 +886,301 @@ fn nat_qemu_and_namespace() {
     net.assert_alive("at the end");
 }
 
+/// The namespace guest's HTTP port the VM downloads from (`usernet_peer=`).
+const PEER_HTTP_PORT: u16 = 8090;
+/// What the VM downloads from the namespace guest.
+const PEER_BLOB_LEN: usize = 384 * 1024;
+
+/// The `N` of `usernet vm --network`'s "a VM joined network NAME as port N".
+fn vm_joined_port(log: &str, name: &str) -> Option<u64> {
+    let prefix = format!("usernet: a VM joined network {name} as port ");
+    log.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A QEMU guest started the way users start one on a network: `usernet vm --network NAME
+/// --stream unix:PATH` listens on PATH (printing the QEMU arguments that name it) and
+/// hands QEMU's connection to the running network as a port. A namespace guest sits on
+/// the same network (leased first). The VM leases a distinct address (router 10.0.2.2,
+/// DNS 10.0.2.3), pings the gateway, pings the namespace and downloads 384 KiB from an
+/// HTTP server in it (sha256 compared); the namespace pings the VM and exchanges 256 KiB
+/// with its echo server. `--list --json` and `--list` show the VM as a stream port named
+/// `vm-1` with the VM's MAC and traffic both ways (the number `usernet vm` printed), the
+/// namespace's tap port and both leases; `usernet vm` keeps running for the next VM.
+#[test]
+fn vm_network_flag_joins_with_namespace() {
+    vm_image();
+    let host = HostNs::new();
+    let name = net_name("vmflag");
+    let mut net = Network::start(&host, &name, &[]);
+
+    // The namespace guest first: its lease is what the VM is told to reach.
+    let g = Guest::new(Owner::Root);
+    let ns_port = net.attach(&host, &g, &["--configure", "--macaddress", NS_MAC]);
+    let ns_ip = guest_udhcpc(&g, &host.dir, "vmflag-ns", &[])["ip"].clone();
+    assert!(in_pool(&ns_ip), "the namespace's lease: {ns_ip}");
+    let seed = 0x7065_6572_0000 + u64::from(std::process::id());
+    let l = g.run(|| TcpListener::bind(("0.0.0.0", PEER_HTTP_PORT)));
+    let l = l.unwrap_or_else(|e| panic!("bind {PEER_HTTP_PORT} in the namespace: {e}"));
+    let peer_http = TcpServer::start(l, http_handler(seed, PEER_BLOB_LEN));
+
+    // usernet vm --network NAME --stream unix:PATH, in the host namespace.
+    let sock = host.dir.join("vm-net.sock");
+    let uvm_log = host.dir.join("usernet-vm.log");
+    let mut c = host.command(&engine_bin().to_string_lossy());
+    c.args(["vm", "--network", &name, "--runtime-dir"])
+        .arg(&net.runtime_dir)
+        .arg("--stream")
+        .arg(format!("unix:{}", sock.display()));
+    let mut uvm = BgChild::start(&mut c, &uvm_log);
+    let uvm_text = || fs::read_to_string(&uvm_log).unwrap_or_default();
+    let t0 = Instant::now();
+    loop {
+        use std::os::unix::fs::FileTypeExt;
+        if fs::metadata(&sock).is_ok_and(|m| m.file_type().is_socket()) {
+            break;
+        }
+        if let Some(st) = uvm.try_wait() {
+            panic!(
+                "usernet vm --network {name} exited ({st}) before listening: {}",
+                uvm_text()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "usernet vm --network {name} does not listen on {} after 10 s: {}",
+            sock.display(),
+            uvm_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let netdev = format!(
+        "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+        sock.display()
+    );
+    assert!(
+        uvm_text().contains(&format!("-netdev {netdev}")),
+        "usernet vm --network should print the QEMU arguments naming {}:\n{}",
+        sock.display(),
+        uvm_text()
+    );
+    let mut vm = Vm::boot(
+        &host,
+        &netdev,
+        &format!("usernet_echo={VM_ECHO_PORT} usernet_peer={ns_ip}:{PEER_HTTP_PORT}"),
+    );
+
+    // QEMU connects at once; usernet vm hands the connection over and says which port.
+    let t0 = Instant::now();
+    let vm_port = loop {
+        if let Some(n) = vm_joined_port(&uvm_text(), &name) {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "usernet vm never said the VM joined network {name}: {}\nnetwork output: {}",
+            uvm_text(),
+            net.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert_ne!(vm_port, ns_port, "the VM got the namespace's port");
+
+    let lease = vm.wait_line("LEASE", &net);
+    let field = |k: &str| {
+        lease
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let vm_ip = field("ip");
+    assert!(in_pool(&vm_ip), "the VM's lease: {lease}");
+    assert_ne!(
+        vm_ip, ns_ip,
+        "the VM and the namespace got the same address"
+    );
+    assert_eq!(field("router"), "10.0.2.2", "the VM's lease: {lease}");
+    assert_eq!(field("dns"), "10.0.2.3", "the VM's lease: {lease}");
+    assert_eq!(
+        vm.wait_line("PING", &net),
+        "3 packets received",
+        "the VM pings 10.0.2.2"
+    );
+    // VM -> namespace: ICMP, then a TCP download checked byte for byte.
+    let peer_ping = vm.wait_line("PEER-PING", &net);
+    let got: u32 = peer_ping
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        got >= 2,
+        "the VM's 3 pings to the namespace {ns_ip}: {peer_ping}\nnetwork output: {}",
+        net.log()
+    );
+    assert_eq!(
+        vm.wait_line("PEER-SHA256", &net),
+        format!(
+            "{} size={PEER_BLOB_LEN}",
+            sha256_hex(&pattern(seed, PEER_BLOB_LEN))
+        ),
+        "the VM's download from the namespace guest's HTTP server {ns_ip}:{PEER_HTTP_PORT}"
+    );
+    assert!(peer_http.accepted() >= 1);
+    vm.wait_line("READY", &net);
+
+    // namespace -> VM.
+    ping_ok(&g, &vm_ip, &net, "namespace -> VM");
+    let echo = SocketAddr::from((vm_ip.parse::<Ipv4Addr>().expect("ip"), VM_ECHO_PORT));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match echo_via(&g, echo, 11, 256 * 1024) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "namespace -> the VM's echo server {echo}: {e}\nnetwork output: {}",
+                net.log()
+            ),
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+
+    // The VM is a port of the network, listed as such.
+    let ports = net.list_array("ports");
+    let streams = ports_of_kind(&ports, "stream");
+    assert_eq!(streams.len(), 1, "one stream port (the VM): {ports:#?}");
+    let p = port_by_id(&ports, vm_port).unwrap_or_else(|| {
+        panic!("port {vm_port} (what usernet vm printed) is not listed: {ports:#?}")
+    });
+    assert_eq!(jstr(p, "kind"), "stream", "{p}");
+    assert_eq!(
+        jstr(p, "name"),
+        "vm-1",
+        "usernet vm's label of its first VM: {p}"
+    );
+    assert_eq!(norm_mac(&jstr(p, "mac")), VM_MAC, "the VM port's MAC: {p}");
+    assert!(
+        jnum(p, "rx_frames") >= 100 && jnum(p, "tx_frames") >= 100,
+        "the VM's port carried the download and the echo both ways: {p}"
+    );
+    let tap = port_by_id(&ports, ns_port)
+        .unwrap_or_else(|| panic!("the namespace's port {ns_port} is not listed: {ports:#?}"));
+    assert_eq!(jstr(tap, "kind"), "tap", "{tap}");
+    let leases = net.list_array("leases");
+    assert_eq!(
+        lease_addr(&leases, VM_MAC).as_deref(),
+        Some(vm_ip.as_str()),
+        "the VM's lease in --list --json: {leases:#?}"
+    );
+    assert_eq!(
+        lease_addr(&leases, NS_MAC).as_deref(),
+        Some(ns_ip.as_str()),
+        "the namespace's lease in --list --json: {leases:#?}"
+    );
+    let out = net.list_cmd(false);
+    assert!(out.status.success(), "--list: {}", out_text(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() >= 4
+                && w[0] == vm_port.to_string()
+                && w[1] == "stream"
+                && w[2] == "vm-1"
+                && w[3].eq_ignore_ascii_case(VM_MAC)
+        }),
+        "--list should show port {vm_port} as \"stream vm-1 {VM_MAC}\":\n{text}"
+    );
+    if let Some(st) = uvm.try_wait() {
+        panic!(
+            "usernet vm --network should keep listening for the next VM; it exited ({st}): {}",
+            uvm_text()
+        );
+    }
+    net.assert_alive("at the end");
+}
+
 // ---------------------------------------------------------------------------------------
 // 3./4. internal networks
 // ---------------------------------------------------------------------------------------
 
+/// The gateway's MAC on nat and host-only networks (the router port's static entry).
+const GATEWAY_MAC: &str = "52:55:0a:00:02:02";
+
+/// Gives `g` a way out as a guest of a routed network has one: a default route via
+/// 10.0.2.2; with `neigh`, also a permanent neighbour entry for 10.0.2.2 with the MAC a
+/// router port would own, so that its packets for the outside are put on the switch
+/// (not held back by an unanswered ARP request).
+fn route_via_gateway(g: &Guest, neigh: bool) {
+    g.sh_ok("ip route replace default via 10.0.2.2 dev tap0 onlink");
+    if neigh {
+        g.sh_ok(&format!(
+            "ip neigh replace 10.0.2.2 lladdr {GATEWAY_MAC} dev tap0 nud permanent"
+        ));
+    }
+    let r = g.sh_ok("ip -4 route show default");
+    assert!(r.contains("via 10.0.2.2"), "default route: {r}");
+}
+
+/// A port's `rx_frames` in `--list --json`.
+fn port_rx(net: &Network, id: u64) -> u64 {
+    let ports = net.list_array("ports");
+    let p = port_by_id(&ports, id).unwrap_or_else(|| panic!("port {id}: {ports:#?}"));
+    jnum(p, "rx_frames")
+}
+
+/// From `g` (which has a default route via 10.0.2.2): nothing beyond the switch answers.
+/// Pings to 10.0.2.2 and 198.51.100.1, TCP to the host namespace's servers on 127.0.0.1
+/// (through 10.0.2.2) and 198.51.100.1, and UDP to its echo servers there all fail;
+/// those servers stay untouched (checked by the caller).
+fn nothing_routes(g: &Guest, what: &str, lo_tcp: u16, out_tcp: u16, lo_udp: u16, out_udp: u16) {
+    ping_fails(g, "10.0.2.2", &format!("{what}: nothing behind 10.0.2.2"));
+    ping_fails(g, "198.51.100.1", &format!("{what}: nothing is routed"));
+    let t = Duration::from_secs(4);
+    connect_fails(
+        g,
+        SocketAddr::from((GATEWAY, lo_tcp)),
+        t,
+        &format!("{what}: TCP to the host's loopback through 10.0.2.2"),
+    );
+    connect_fails(
+        g,
+        SocketAddr::from((HOST_ADDR, out_tcp)),
+        t,
+        &format!("{what}: TCP to 198.51.100.1"),
+    );
+    for to in [
+        SocketAddr::from((GATEWAY, lo_udp)),
+        SocketAddr::from((HOST_ADDR, out_udp)),
+    ] {
+        let r = g.run(|| -> io::Result<Vec<u8>> {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(to)?;
+            udp_request(&s, b"anyone?", 2, Duration::from_secs(1))
+        });
+        assert!(
+            r.is_err(),
+            "{what}: UDP to {to} should get no answer, got {r:?}"
+        );
+    }
+}
+
 /// `--mode internal`: a switch only. Two guests with static addresses ping each other
-/// and exchange 1 MiB each way; nothing answers at 10.0.2.2 (ping, TCP) and nothing is
-/// routed (198.51.100.1); no default route was set; `--list --json` shows two tap ports
-/// and no router.
+/// and exchange 1 MiB each way; attach set no default route and `--list --json` shows two
+/// tap ports and no router. Then both guests get a default route via 10.0.2.2 (A also a
+/// permanent neighbour entry with the gateway MAC of routed networks, so its packets for
+/// the outside really enter the switch, as A's port counter shows): still nothing answers
+/// at 10.0.2.2 (ping, TCP, UDP) and nothing is routed to 198.51.100.1, whose servers and
+/// the host's loopback servers see no connection and no datagram.
 #[test]
 fn internal_two_guests() {
     let host = HostNs::new();
     let lo_srv = host.tcp_server("127.0.0.1:0", echo_handler);
     let out_srv = host.tcp_server("198.51.100.1:0", echo_handler);
+    let lo_udp = host.udp_echo("127.0.0.1:0");
+    let out_udp = host.udp_echo("198.51.100.1:0");
     let name = net_name("int");
     let mut net = Network::start(&host, &name, &["--mode", "internal"]);
     let ga = Guest::new(Owner::Root);
@@ -492,6 +1190,14 @@ fn internal_two_guests() {
     assert_ne!(pa, pb, "two attaches, two ports");
     assert_eq!(tap_addrs(&ga), vec!["10.0.2.20/24".to_string()]);
     assert_eq!(tap_addrs(&gb), vec!["10.0.2.21/24".to_string()]);
+    // attach --configure --address sets a default route only in nat and host-only mode.
+    for g in [&ga, &gb] {
+        let routes = g.sh_ok("ip -4 route show");
+        assert!(
+            !routes.contains("default"),
+            "internal mode: attach --address should set no default route: {routes}"
+        );
+    }
     ping_ok(&ga, "10.0.2.21", &net, "a -> b");
     ping_ok(&gb, "10.0.2.20", &net, "b -> a");
     let sink_b = sha_server(&gb, SHA_PORT);
@@ -509,24 +1215,6 @@ fn internal_two_guests() {
     }
     drop((sink_a, sink_b));
 
-    ping_fails(&ga, "10.0.2.2", "internal mode has no gateway");
-    ping_fails(&ga, "198.51.100.1", "internal mode routes nothing");
-    let t = Duration::from_secs(4);
-    connect_fails(
-        &ga,
-        SocketAddr::from((GATEWAY, lo_srv.port())),
-        t,
-        "internal: TCP to 10.0.2.2",
-    );
-    connect_fails(
-        &ga,
-        SocketAddr::from((HOST_ADDR, out_srv.port())),
-        t,
-        "internal: TCP to 198.51.100.1",
-    );
-    assert_eq!(lo_srv.accepted(), 0, "the host's loopback was reached");
-    assert_eq!(out_srv.accepted(), 0, "198.51.100.1 was reached");
-
     let ports = net.list_array("ports");
     let taps = ports_of_kind(&ports, "tap");
     assert_eq!(taps.len(), 2, "two tap ports: {ports:#?}");
@@ -538,27 +1226,62 @@ fn internal_two_guests() {
     for id in [pa, pb] {
         assert!(port_by_id(&ports, id).is_some(), "port {id}: {ports:#?}");
     }
-    net.assert_alive("at the end");
-    // attach --configure --address sets a default route only in nat and host-only mode.
-    for g in [&ga, &gb] {
-        let routes = g.sh_ok("ip -4 route show");
-        assert!(
-            !routes.contains("default"),
-            "internal mode: attach --address should set no default route: {routes}"
+
+    // Now the guests try the way out a routed network would give them.
+    route_via_gateway(&ga, true);
+    route_via_gateway(&gb, false);
+    let rx_a = port_rx(&net, pa);
+    for (g, what) in [(&ga, "internal (a)"), (&gb, "internal (b)")] {
+        nothing_routes(
+            g,
+            what,
+            lo_srv.port(),
+            out_srv.port(),
+            lo_udp.addr.port(),
+            out_udp.addr.port(),
         );
     }
+    // a's 2 + 2 pings, its TCP SYNs and UDP datagrams did enter the switch.
+    let sent_a = port_rx(&net, pa) - rx_a;
+    assert!(
+        sent_a >= 10,
+        "a's packets for 10.0.2.2 and the outside should have entered the switch \
+         (a's port counted {sent_a} frames)"
+    );
+    assert_eq!(lo_srv.accepted(), 0, "the host's loopback was reached");
+    assert_eq!(out_srv.accepted(), 0, "198.51.100.1 was reached");
+    assert_eq!(lo_udp.count(), 0, "the host's loopback got UDP");
+    assert_eq!(out_udp.count(), 0, "198.51.100.1 got UDP");
+    // and the switch still works.
+    ping_ok(&gb, "10.0.2.20", &net, "b -> a at the end");
+    net.assert_alive("at the end");
 }
 
-/// `--mode internal --dhcp`: two guests lease distinct addresses (no router handed out),
-/// reach each other; 10.0.2.2 answers no ping.
+/// `--mode internal --dhcp`: two guests lease distinct addresses from the DHCP server
+/// (10.0.2.2) with neither a router nor a DNS server in the lease (so no default route),
+/// and reach each other (ping, 512 KiB). Then, given a default route via 10.0.2.2 (whose
+/// ARP the DHCP server may answer), nothing beyond the switch answers: pings to 10.0.2.2
+/// and 198.51.100.1, TCP and UDP to the host namespace's servers on 127.0.0.1 (through
+/// 10.0.2.2) and 198.51.100.1, and DNS through 10.0.2.3 and 10.0.2.2 (a dnsmasq on the
+/// host's 127.0.0.1 that would answer) all fail, and no server saw anything.
 #[test]
 fn internal_with_dhcp() {
+    require_tool("dig");
     let host = HostNs::new();
+    let dns = Dnsmasq::start(
+        &host,
+        Ipv4Addr::LOCALHOST,
+        &["--address=/www.test.example/192.0.2.10".to_string()],
+    );
+    let lo_srv = host.tcp_server("127.0.0.1:0", echo_handler);
+    let out_srv = host.tcp_server("198.51.100.1:0", echo_handler);
+    let lo_udp = host.udp_echo("127.0.0.1:0");
+    let out_udp = host.udp_echo("198.51.100.1:0");
     let name = net_name("intd");
     let mut net = Network::start(&host, &name, &["--mode", "internal", "--dhcp"]);
     let ga = Guest::new(Owner::Root);
     let gb = Guest::new(Owner::Root);
-    net.attach(
+    let pa = net.attach(
         &host,
         &ga,
         &["--configure", "--macaddress", "52:54:00:dd:00:01"],
@@ -573,11 +1296,23 @@ fn internal_with_dhcp() {
     let (ia, ib) = (la["ip"].clone(), lb["ip"].clone());
     assert!(in_pool(&ia) && in_pool(&ib), "{la:?} {lb:?}");
     assert_ne!(ia, ib, "two guests, one address: {la:?} {lb:?}");
-    assert_eq!(
-        la.get("serverid").map(String::as_str),
-        Some("10.0.2.2"),
-        "{la:?}"
-    );
+    for l in [&la, &lb] {
+        assert_eq!(
+            l.get("serverid").map(String::as_str),
+            Some("10.0.2.2"),
+            "{l:?}"
+        );
+        assert_eq!(
+            l.get("router").map(String::as_str),
+            Some(""),
+            "an internal network's lease names no router: {l:?}"
+        );
+        assert_eq!(
+            l.get("dns").map(String::as_str),
+            Some(""),
+            "an internal network's lease names no DNS server: {l:?}"
+        );
+    }
     for (g, l) in [(&ga, &la), (&gb, &lb)] {
         assert_eq!(tap_addrs(g), vec![format!("{}/24", l["ip"])]);
         let routes = g.sh_ok("ip -4 route show");
@@ -605,8 +1340,47 @@ fn internal_with_dhcp() {
     let ans = send_for_sha(&ga, sa, &data).unwrap_or_else(|e| panic!("TCP to {sa}: {e}"));
     assert_eq!(ans, format!("{} {}", data.len(), sha256_hex(&data)));
     drop(sink);
-    ping_fails(&ga, "10.0.2.2", "internal --dhcp: nothing behind 10.0.2.2");
-    ping_fails(&gb, "10.0.2.2", "internal --dhcp: nothing behind 10.0.2.2");
+
+    // The way out a routed network would give: a default route via 10.0.2.2 (a's packets
+    // go to the gateway MAC, b's wait for an ARP answer from whoever holds 10.0.2.2).
+    route_via_gateway(&ga, true);
+    route_via_gateway(&gb, false);
+    let rx_a = port_rx(&net, pa);
+    for (g, what) in [(&ga, "internal --dhcp (a)"), (&gb, "internal --dhcp (b)")] {
+        nothing_routes(
+            g,
+            what,
+            lo_srv.port(),
+            out_srv.port(),
+            lo_udp.addr.port(),
+            out_udp.addr.port(),
+        );
+        for server in ["10.0.2.3", "10.0.2.2"] {
+            let o = g.sh(&format!(
+                "dig +time=2 +tries=1 +short @{server} www.test.example A"
+            ));
+            assert!(
+                !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("192.0.2.10"),
+                "{what}: an internal network relays no DNS, yet @{server} answered: {}",
+                out_text(&o)
+            );
+        }
+    }
+    let sent_a = port_rx(&net, pa) - rx_a;
+    assert!(
+        sent_a >= 10,
+        "a's packets for 10.0.2.2 and the outside should have entered the switch \
+         (a's port counted {sent_a} frames)"
+    );
+    assert_eq!(lo_srv.accepted(), 0, "the host's loopback was reached");
+    assert_eq!(out_srv.accepted(), 0, "198.51.100.1 was reached");
+    assert_eq!(lo_udp.count(), 0, "the host's loopback got UDP");
+    assert_eq!(out_udp.count(), 0, "198.51.100.1 got UDP");
+    assert!(
+        !dns.log().contains("www.test.example"),
+        "the host's resolver saw a guest's query: {}",
+        dns.log()
+    );
     net.assert_alive("at the end");
 }
 
@@ -677,9 +1451,12 @@ fn host_only() {
 // 6. another user
 // ---------------------------------------------------------------------------------------
 
-/// A network run by root: DIR/NAME is 0700 and root's; uid 65534 attaching its own
-/// namespace to it fails with an error naming permission / another user, adds no port
-/// and starts no network of its own.
+/// A network run by root: DIR/NAME is 0700 and root's. The directories above it are
+/// made traversable for everyone (0711), as a shared runtime base would be, so that only
+/// NAME's own mode stands in the way (uid 65534 can stat DIR/NAME but not look inside).
+/// uid 65534 attaching its own namespace to it fails with an error naming the
+/// permission problem on DIR/NAME and another user, adds no port and starts no network
+/// of its own.
 #[test]
 fn second_user_cannot_attach() {
     let host = HostNs::new();
@@ -696,6 +1473,40 @@ fn second_user_cannot_attach() {
         );
         assert_eq!(md.uid(), 0, "{} should be root's", net.dir().display());
     }
+    // Up to DIR/NAME, everyone may pass: the scratch directory and the runtime base (the
+    // network made the latter 0700, as it does for the parent it creates).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&host.dir, &net.runtime_dir] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o711))
+                .unwrap_or_else(|e| panic!("chmod 0711 {}: {e}", d.display()));
+        }
+    }
+    let as_nobody = |script: &str| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ]);
+        run_timeout(&mut c, Duration::from_secs(20))
+    };
+    let nd = net.dir().display().to_string();
+    let o = as_nobody(&format!("stat -c %a '{nd}'"));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "700",
+        "uid 65534 should reach {nd} itself (its parents are traversable): {}",
+        out_text(&o)
+    );
+    let o = as_nobody(&format!("ls '{nd}/'"));
+    assert!(
+        !o.status.success() && out_text(&o).to_lowercase().contains("permission denied"),
+        "uid 65534 should not see inside {nd}: {}",
+        out_text(&o)
+    );
     let g = Guest::new(Owner::Nobody);
     let mut c = host.command("setpriv");
     c.args([
@@ -716,8 +1527,12 @@ fn second_user_cannot_attach() {
     );
     let err = out.stderr.to_lowercase();
     assert!(
-        err.contains("permission") || err.contains("another user"),
-        "the error should mention permission / another user: {out:?}"
+        err.contains(&format!("permission denied on {}", nd.to_lowercase())),
+        "the error should name the permission problem on {nd}: {out:?}"
+    );
+    assert!(
+        err.contains("another user"),
+        "the error should say the network is another user's: {out:?}"
     );
     let ports = net.api_array("list_ports", "ports");
     assert!(
@@ -942,7 +1757,8 @@ fn attach_creates_network() {
 
 /// `--list` (text) and `--list --json` (and the API's list_ports / list_leases) show the
 /// router and both tap ports with their MACs and counters, the two leases with the
-/// hostnames the clients sent, and both forwards (one to an address, one to a MAC).
+/// hostnames the clients sent, and both forwards (one to an address, one to a MAC) field
+/// for field: protocol, host address and port, guest address or MAC, guest port.
 #[test]
 fn list_shows_ports_leases_forwards() {
     const LA: &str = "52:54:00:cc:00:01";
@@ -1037,20 +1853,27 @@ fn list_shows_ports_leases_forwards() {
             "expires_in_secs of a fresh 1 h lease: {l}"
         );
     }
-    let fwds = arr("forwards");
-    assert_eq!(fwds.len(), 2, "two forwards: {fwds:#?}");
-    for p in [p1, p2] {
-        assert!(
-            fwds.iter().any(|f| f.to_string().contains(&p.to_string())),
-            "forward of port {p}: {fwds:#?}"
-        );
-    }
-    assert!(
-        fwds.iter().any(
-            |f| f.to_string().to_lowercase().contains("52:54:00:cc:00:02")
-                || f.to_string().to_lowercase().contains("52-54-00-cc-00-02")
-        ),
-        "the forward to a MAC should name it: {fwds:#?}"
+    // The forwards, field for field (list_hostfwd, --list --json, --list's lines).
+    check_forwards(
+        &net,
+        &[
+            WantFwd {
+                proto: "tcp",
+                host_port: p1,
+                guest_addr: "10.0.2.15".into(),
+                guest_mac: None,
+                guest_port: NAME_PORT,
+                name: None,
+            },
+            WantFwd {
+                proto: "tcp",
+                host_port: p2,
+                guest_addr: String::new(),
+                guest_mac: Some(LB),
+                guest_port: NAME_PORT,
+                name: None,
+            },
+        ],
     );
 
     // the API agrees.
@@ -1305,4 +2128,243 @@ fn ipv6_guests_on_a_network() {
             .unwrap_or(0);
         assert_eq!(spoofed, 0, "{p}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. fair service: a guest that floods
+// ---------------------------------------------------------------------------------------
+
+/// Size of the flood's UDP payloads.
+const FLOOD_PAYLOAD: usize = 1400;
+/// A UDP port nobody listens on in the flood's target.
+const FLOOD_PORT: u16 = 9999;
+/// What B sends C while A floods.
+const FAIR_LEN: usize = 8 << 20;
+
+/// tap0's (tx_packets, tx_dropped) in `g`, from its /proc/net/dev.
+fn tap_tx(g: &Guest) -> (u64, u64) {
+    let text = g.sh_ok("cat /proc/net/dev");
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tap0:"))
+        .unwrap_or_else(|| panic!("no tap0 in /proc/net/dev: {text}"));
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    assert!(f.len() >= 12, "/proc/net/dev tap0 line: {line}");
+    (f[9], f[11])
+}
+
+/// (rx_frames, tx_frames, drops) of every port, by id, from list_ports.
+fn port_counters(net: &Network) -> HashMap<u64, (u64, u64, u64)> {
+    net.api_array("list_ports", "ports")
+        .iter()
+        .map(|p| {
+            (
+                jnum(p, "id"),
+                (jnum(p, "rx_frames"), jnum(p, "tx_frames"), jnum(p, "drops")),
+            )
+        })
+        .collect()
+}
+
+/// How many replies a `ping -c N` printed ("N received" / "N packets received").
+fn ping_received(out: &str) -> u32 {
+    out.lines()
+        .find(|l| l.contains("transmitted"))
+        .and_then(|l| {
+            l.split(',')
+                .find(|p| p.contains("received"))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Fair service between ports: on a nat network of three guests, A floods (two threads,
+/// as fast as they go, for as long as the rest takes and at least 3 s) 1400-byte UDP
+/// datagrams to C's address on a closed port and to the broadcast address, while B sends
+/// C 8 MiB over TCP and C pings B. The transfer completes intact (sha256) within 60 s and
+/// C's pings are answered. The counters account for the flood: A's port read (rx_frames)
+/// every frame A's kernel handed its tap0 (its tx_packets; what did not fit in that
+/// bounded queue is A's tap0 tx_dropped), and every one of them reached C's port queue:
+/// C's written frames plus C's drops grew by at least as many; and the flood was more
+/// than the network took from A (drops at A's tap0 or at A's or C's port), else the test
+/// would show nothing. It prints where the flood was cut back (A's tap0 drops, each
+/// port's drops).
+#[test]
+fn flooding_guest_does_not_starve_the_others() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let host = HostNs::new();
+    let name = net_name("flood");
+    let mut net = Network::start(&host, &name, &[]);
+    let macs = [
+        "52:54:00:f1:00:01",
+        "52:54:00:f1:00:02",
+        "52:54:00:f1:00:03",
+    ];
+    let guests: Vec<Guest> = macs.iter().map(|_| Guest::new(Owner::Root)).collect();
+    let mut ids = Vec::new();
+    let mut ips = Vec::new();
+    for (i, (g, mac)) in guests.iter().zip(macs).enumerate() {
+        ids.push(net.attach(&host, g, &["--configure", "--macaddress", mac]));
+        let l = guest_udhcpc(g, &host.dir, &format!("flood{i}"), &[]);
+        ips.push(l["ip"].parse::<Ipv4Addr>().expect("lease ip"));
+    }
+    let (ga, gb, gc) = (&guests[0], &guests[1], &guests[2]);
+    let (ia, ib, ic) = (ids[0], ids[1], ids[2]);
+    // Neighbours learned before the flood (A must know C's MAC to flood it by unicast).
+    ping_ok(ga, &ips[2].to_string(), &net, "a -> c");
+    ping_ok(gc, &ips[1].to_string(), &net, "c -> b");
+    ping_ok(gb, &ips[2].to_string(), &net, "b -> c");
+    let sink = sha_server(gc, SHA_PORT);
+
+    let before = port_counters(&net);
+    let a_before = tap_tx(ga);
+
+    // A floods from two threads inside its namespace.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let targets = [
+        SocketAddr::from((ips[2], FLOOD_PORT)),
+        SocketAddr::from((Ipv4Addr::new(10, 0, 2, 255), FLOOD_PORT)),
+    ];
+    let flooders: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            ga.spawn(move || {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind flood socket");
+                s.set_broadcast(true).expect("SO_BROADCAST");
+                let buf = vec![0x5au8; FLOOD_PAYLOAD];
+                let t0 = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(120) {
+                    for to in targets {
+                        if s.send_to(&buf, to).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    if n >= 256 {
+                        sent.fetch_add(n, Ordering::Relaxed);
+                        n = 0;
+                    }
+                }
+                sent.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    while sent.load(Ordering::Relaxed) < 20_000 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the flood did not get going: {} datagrams in 20 s",
+            sent.load(Ordering::Relaxed)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // Meanwhile: 8 MiB from B to C, and C pings B.
+    let data = Arc::new(pattern(0x6661_6972, FAIR_LEN));
+    let to_c = SocketAddr::from((ips[2], SHA_PORT));
+    let started = Instant::now();
+    let transfer = {
+        let data = data.clone();
+        gb.spawn(move || -> io::Result<(String, Duration)> {
+            let t = Instant::now();
+            let mut s = connect_tcp(to_c, Duration::from_secs(10))?;
+            s.write_all(&data)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut ans = String::new();
+            s.read_to_string(&mut ans)?;
+            Ok((ans.trim().to_string(), t.elapsed()))
+        })
+    };
+    let ping = gc.sh(&format!("ping -c 10 -i 0.2 -W 3 {}", ips[1]));
+    while !transfer.is_finished() && started.elapsed() < Duration::from_secs(90) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Keep flooding for at least 3 s in all.
+    while t0.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let flooded_for = t0.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().expect("flood thread");
+    }
+    let flood_n = sent.load(Ordering::Relaxed);
+    assert!(
+        transfer.is_finished(),
+        "B's transfer to C still runs after 90 s of A's flood\nnetwork output: {}",
+        net.log()
+    );
+    let r = transfer.join().expect("transfer thread");
+    let (ans, took) = r.unwrap_or_else(|e| {
+        panic!(
+            "B -> C during A's flood: {e}\nnetwork output: {}",
+            net.log()
+        )
+    });
+    assert_eq!(
+        ans,
+        format!("{FAIR_LEN} {}", sha256_hex(&data)),
+        "C received something else than B sent during A's flood"
+    );
+    drop(sink);
+    let ping_out = out_text(&ping);
+    let answered = ping_received(&ping_out);
+
+    // Let the queues drain, then account.
+    thread::sleep(Duration::from_secs(1));
+    let after = port_counters(&net);
+    let a_after = tap_tx(ga);
+    let d = |id: u64, f: fn(&(u64, u64, u64)) -> u64| f(&after[&id]) - f(&before[&id]);
+    let a_rx = d(ia, |c| c.0);
+    let a_tap_tx = a_after.0 - a_before.0;
+    let a_tap_drop = a_after.1 - a_before.1;
+    let c_out = d(ic, |c| c.1) + d(ic, |c| c.2);
+    eprintln!(
+        "flood: {flood_n} datagrams sent by A in {flooded_for:?}; A's tap0 handed the \
+         network {a_tap_tx} frames and dropped {a_tap_drop}; A's port read {a_rx}; \
+         C's port wrote {} and dropped {}; B's port wrote {} and dropped {}; A's port drops \
+         {}; B -> C 8 MiB took {took:?}; C's pings to B: {answered}/10",
+        d(ic, |c| c.1),
+        d(ic, |c| c.2),
+        d(ib, |c| c.1),
+        d(ib, |c| c.2),
+        d(ia, |c| c.2),
+    );
+    assert!(
+        took <= Duration::from_secs(60),
+        "B's 8 MiB to C took {took:?} during A's flood (bound: 60 s)"
+    );
+    assert!(
+        answered >= 7,
+        "C's pings to B during A's flood: {answered}/10 answered:\n{ping_out}"
+    );
+    assert!(
+        flood_n >= 20_000 && a_rx >= 10_000,
+        "the flood should have been heavy: {flood_n} sent, {a_rx} read by the network"
+    );
+    assert!(
+        a_tap_drop + d(ia, |c| c.2) + d(ic, |c| c.2) > 0,
+        "the flood never exceeded what the network took from A (no drop at A's tap0 nor \
+         at A's or C's port): it showed nothing about starvation"
+    );
+    assert!(
+        a_rx.abs_diff(a_tap_tx) <= 64,
+        "A's port should have read (rx_frames {a_rx}) every frame A's tap0 handed over \
+         (tx_packets {a_tap_tx})"
+    );
+    assert!(
+        c_out + 64 >= a_rx,
+        "every frame of A's flood (unicast to C or broadcast) should have reached C's port \
+         queue, written or counted as dropped: C's port wrote + dropped {c_out}, A sent {a_rx}"
+    );
+    net.assert_alive("after the flood");
+    // The network still serves everyone afterwards.
+    ping_ok(gc, &ips[1].to_string(), &net, "c -> b after the flood");
+    ping_ok(ga, &ips[2].to_string(), &net, "a -> c after the flood");
 }

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Builds the tiny VM guest for tests/tests/vm_qemu.rs: a Debian cloud kernel and a
-# busybox initramfs whose /init brings up eth0 (virtio-net), takes a DHCP lease, pings the
-# gateway, downloads a file through 10.0.2.2, resolves a name through 10.0.2.3, starts an
-# echo server for a port forward, and reports each step on the serial console as
+# Builds the tiny VM guest for tests/tests/vm_qemu.rs and network.rs: a Debian cloud
+# kernel and a busybox initramfs whose /init brings up eth0 (virtio-net), takes a DHCP
+# lease, pings the gateway, downloads a file through 10.0.2.2, resolves a name through
+# 10.0.2.3, reaches another guest of its network, starts an echo server for a port forward
+# or a peer, and reports each step on the serial console as
 # "USERNET-<WHAT> ..." lines. The test passes its parameters on the kernel command line:
 #   usernet_http=PORT   HTTP server on the host's loopback (GET /blob)
 #   usernet_name=NAME   name to resolve through 10.0.2.3
 #   usernet_echo=PORT   port of the guest's echo server (busybox nc -e cat)
+#   usernet_peer=IP:PORT another guest on the same network: ping IP, then GET /blob
+#                        from an HTTP server there (reported as PEER-PING, PEER-SHA256)
 #
 # Usage: tests/vm/build-initramfs.sh [OUTDIR]   (default: <repo>/target/vm)
 # Prints the paths of the kernel and the initramfs. Idempotent: the downloaded packages
@@ -140,12 +143,13 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mark() { echo "USERNET-$*"; }
 halt_now() { mark "HALT $*"; sync; poweroff -f; }
 
-HTTP=; NAME=; ECHO=
+HTTP=; NAME=; ECHO=; PEER=
 for w in $(cat /proc/cmdline); do
     case "$w" in
     usernet_http=*) HTTP="${w#*=}" ;;
     usernet_name=*) NAME="${w#*=}" ;;
     usernet_echo=*) ECHO="${w#*=}" ;;
+    usernet_peer=*) PEER="${w#*=}" ;;
     esac
 done
 mark "BOOT uptime=$(cut -d' ' -f1 /proc/uptime)"
@@ -179,6 +183,24 @@ if [ -n "$NAME" ]; then
     nslookup "$NAME" 10.0.2.3 >/tmp/ns 2>&1
     while read -r line; do mark "DNS $line"; done </tmp/ns
     mark "DNS-END"
+fi
+
+if [ -n "$PEER" ]; then
+    if ping -c 3 -W 5 "${PEER%:*}" >/tmp/ping-peer 2>&1; then :; fi
+    mark "PEER-PING $(grep -o '[0-9]* packets received' /tmp/ping-peer)"
+    ok=
+    for i in 1 2 3; do
+        if timeout 60 wget -O /tmp/peer "http://$PEER/blob" >/tmp/wget-peer 2>&1; then
+            ok=1
+            break
+        fi
+        sleep 1
+    done
+    if [ -n "$ok" ]; then
+        mark "PEER-SHA256 $(sha256sum /tmp/peer | cut -d' ' -f1) size=$(wc -c </tmp/peer)"
+    else
+        mark "ERROR peer wget: $(cat /tmp/wget-peer)"
+    fi
 fi
 
 if [ -n "$ECHO" ]; then
