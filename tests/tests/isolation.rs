@@ -13,6 +13,8 @@
 use serde_json::Value;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -458,14 +460,57 @@ fn isolate_keeps_guests_apart() {
 // 2. --block-host
 // ---------------------------------------------------------------------------------------
 
+/// A namespace beyond the host: the host namespace's `ext0p` moved into it with
+/// 198.51.100.254/24, so the host reaches it through `ext0` (the "outside" that is not
+/// the host itself). Deleted on drop.
+struct Outside {
+    name: String,
+}
+
+impl Outside {
+    fn new(host: &HostNs) -> Outside {
+        let name = format!("un-o-{}", unique_id());
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let o = Outside { name };
+        host.exec_ok(&["ip", "link", "set", "ext0p", "netns", &o.name]);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["addr", "add", "198.51.100.254/24", "dev", "ext0p"],
+            &["link", "set", "ext0p", "up"],
+        ] {
+            run_ok(Command::new("ip").arg("-n").arg(&o.name).args(args));
+        }
+        o
+    }
+
+    fn tcp_server(&self) -> TcpServer {
+        let l = in_netns(&PathBuf::from(format!("/run/netns/{}", self.name)), || {
+            std::net::TcpListener::bind("198.51.100.254:0")
+        })
+        .expect("a listener in the outside namespace");
+        TcpServer::start(l, echo_handler)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// `--block-host`: the guest's TCP to 10.0.2.2 (the host's loopback) is refused and its
-/// UDP there gets ICMP administratively prohibited, while a forward from the host
-/// namespace's 127.0.0.1 reaches the guest's server and the guest still reaches
-/// 198.51.100.1.
+/// UDP there gets ICMP administratively prohibited; TCP to the host's own address
+/// 198.51.100.1 through NAT is refused too (it is the host all the same); a forward
+/// from the host namespace's 127.0.0.1 reaches the guest's server, and the guest still
+/// reaches a server beyond the host (198.51.100.254, in another namespace).
 #[test]
 fn block_host_but_forward_in() {
     const MG: &str = "52:54:00:b1:00:01";
     let host = HostNs::new();
+    let outside = Outside::new(&host);
+    let beyond = outside.tcp_server();
     let lo_srv = host.tcp_server("127.0.0.1:0", echo_handler);
     let lo_udp = host.udp_echo("127.0.0.1:0");
     let out_srv = host.tcp_server("198.51.100.1:0", echo_handler);
@@ -505,14 +550,23 @@ fn block_host_but_forward_in() {
     );
     assert_eq!(lo_udp.count(), 0, "the host's loopback was reached (UDP)");
 
+    connect_refused(
+        &g,
+        SocketAddr::from((HOST_ADDR, out_srv.port())),
+        &net,
+        "--block-host: TCP to the host's own address 198.51.100.1",
+    );
+    assert_eq!(out_srv.accepted(), 0, "the host's own address was reached");
+
     via_forward(&host, p, "blocked-guest", &net);
     echo_ok(
         &g,
-        SocketAddr::from((HOST_ADDR, out_srv.port())),
+        SocketAddr::from(([198, 51, 100, 254], beyond.port())),
         21,
         &net,
-        "--block-host: 198.51.100.1 through NAT",
+        "--block-host: 198.51.100.254 beyond the host, through NAT",
     );
+    assert_eq!(beyond.accepted(), 1, "the server beyond the host");
 
     let pol = list_policy(&net);
     assert_eq!(
@@ -526,9 +580,9 @@ fn block_host_but_forward_in() {
         "the guest's port flags: {pol:#}"
     );
     assert!(
-        jnum(&pol, "/filters/denied/host_blocked") >= 2,
-        "list_policy .filters.denied.host_blocked should count the TCP and UDP attempts: \
-         {pol:#}"
+        jnum(&pol, "/filters/denied/host_blocked") >= 3,
+        "list_policy .filters.denied.host_blocked should count the TCP, UDP and \
+         198.51.100.1 attempts: {pol:#}"
     );
     assert!(
         stats_drop(&net, "flow_denied") >= 2,
@@ -867,6 +921,101 @@ fn deny_rule_blocks_one_port() {
     net.assert_alive("at the end");
 }
 
+/// Rules cover flows to other guests too: guest A's own rules
+/// (`--filter MAC_A=deny:tcp:10.0.2.16/32:P1`, `...=deny:udp:10.0.2.16/32:U1`) refuse
+/// its connect to B's P1 at once (RST from B's address) and its UDP to B's U1 (ICMP
+/// administratively prohibited) while B's P2 and U2 answer A; B, without rules,
+/// reaches A's servers on the same ports; `list_policy` counts one hit per rule.
+#[test]
+fn rules_cover_guest_to_guest_flows() {
+    const MA: &str = "52:54:00:9a:00:01";
+    const MB: &str = "52:54:00:9a:00:02";
+    const P1: u16 = 7101;
+    const P2: u16 = 7102;
+    const U1: u16 = 7201;
+    const U2: u16 = 7202;
+    let host = HostNs::new();
+    let tcp_rule = format!("deny:tcp:10.0.2.16/32:{P1}");
+    let udp_rule = format!("deny:udp:10.0.2.16/32:{U1}");
+    let name = net_name("g2g");
+    let mut net = Network::start(
+        &host,
+        &name,
+        &[
+            "--dhcp-host",
+            &format!("{MA},10.0.2.15"),
+            "--dhcp-host",
+            &format!("{MB},10.0.2.16"),
+            "--filter",
+            &format!("{MA}={tcp_rule}"),
+            "--filter",
+            &format!("{MA}={udp_rule}"),
+        ],
+    );
+    let a = Guest::new(Owner::Root);
+    let b = Guest::new(Owner::Root);
+    attach_lease(&host, &net, &a, MA, "g2g-a", "10.0.2.15");
+    attach_lease(&host, &net, &b, MB, "g2g-b", "10.0.2.16");
+    let serve = |g: &Guest| {
+        let t: Vec<TcpServer> = [P1, P2]
+            .iter()
+            .map(|p| {
+                let l = g
+                    .run(|| std::net::TcpListener::bind(("0.0.0.0", *p)))
+                    .unwrap();
+                TcpServer::start(l, echo_handler)
+            })
+            .collect();
+        let u: Vec<UdpEcho> = [U1, U2]
+            .iter()
+            .map(|p| UdpEcho::start(g.run(|| UdpSocket::bind(("0.0.0.0", *p))).unwrap()))
+            .collect();
+        (t, u)
+    };
+    let (bt, bu) = serve(&b);
+    let (at, au) = serve(&a);
+    let ip_a = Ipv4Addr::new(10, 0, 2, 15);
+    let ip_b = Ipv4Addr::new(10, 0, 2, 16);
+
+    connect_refused(&a, SocketAddr::from((ip_b, P1)), &net, "A to B:P1 (denied)");
+    assert_eq!(bt[0].accepted(), 0, "B's P1 was reached");
+    echo_ok(&a, SocketAddr::from((ip_b, P2)), 51, &net, "A to B:P2");
+    udp_prohibited(&a, SocketAddr::from((ip_b, U1)), &net, "A to B:U1 (denied)");
+    assert_eq!(bu[0].count(), 0, "B's U1 was reached");
+    udp_echo_ok(&a, SocketAddr::from((ip_b, U2)), &net, "A to B:U2");
+    // B has no rules of its own.
+    echo_ok(&b, SocketAddr::from((ip_a, P1)), 52, &net, "B to A:P1");
+    udp_echo_ok(&b, SocketAddr::from((ip_a, U1)), &net, "B to A:U1");
+    assert_eq!(at[0].accepted(), 1);
+    assert!(au[0].count() >= 1);
+
+    let pol = list_policy(&net);
+    let guests = pol
+        .pointer("/filters/guests")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("list_policy without .filters.guests: {pol:#}"));
+    let hits = |rule: &str| -> u64 {
+        guests
+            .iter()
+            .flat_map(|g| {
+                g.get("rules")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .find(|r| r.get("rule").and_then(Value::as_str) == Some(rule))
+            .map(|r| jnum(&r, "/hits"))
+            .unwrap_or_else(|| panic!("list_policy does not list A's rule {rule}: {pol:#}"))
+    };
+    assert_eq!(hits(&tcp_rule), 1, "{pol:#}");
+    assert_eq!(hits(&udp_rule), 1, "{pol:#}");
+    assert!(
+        stats_drop(&net, "flow_denied") >= 2,
+        "stats .drops.flow_denied"
+    );
+    net.assert_alive("at the end");
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. set_filters at run time
 // ---------------------------------------------------------------------------------------
@@ -1091,9 +1240,11 @@ fn restrict_guest() {
     ping_fails(&gr, "198.51.100.1", "restricted R: ping 198.51.100.1");
     ping_fails(&gr, "10.0.2.16", "restricted R: ping the other guest");
     let o = gr.sh("dig +time=1 +tries=1 +short @10.0.2.3 www.test.example A");
+    // dig exits 9 when no server answered at all (the relay stays silent for a
+    // restricted guest, as slirp's DNS does with restrict=on).
     assert!(
-        !o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("192.0.2.10"),
-        "restricted R: the DNS relay answered: {}",
+        o.status.code() == Some(9) && !String::from_utf8_lossy(&o.stdout).contains("192.0.2.10"),
+        "restricted R: the DNS relay should not answer (dig exit 9, no reply): {}",
         out_text(&o)
     );
     assert_eq!(
