@@ -97,7 +97,7 @@ pub struct NetArgs {
     /// Forward a host port, VirtualBox style: [NAME],tcp|udp,[HOSTIP],HOSTPORT,[GUESTIP],GUESTPORT (repeatable)
     #[arg(long = "natpf", value_name = "RULE", value_parser = parse_natpf)]
     pub natpf: Vec<usernet_portfwd::RuleSpec>,
-    /// IP filter rule for guests' new flows, first match wins: allow|deny:tcp|udp|icmp|any:CIDR[:PORTS]; on networks GUEST=RULE for one guest (MAC or IPv4) (repeatable)
+    /// IP filter rule for guests' new flows (to the outside, the host and, on networks, other guests), first match wins: allow|deny:tcp|udp|icmp|any:CIDR[:PORTS]; on networks GUEST=RULE for one guest (MAC or IPv4) (repeatable)
     #[arg(long = "filter", value_name = "[GUEST=]RULE", value_parser = parse_filter_arg)]
     pub filter: Vec<(
         Option<usernet_portfwd::api::GuestRef>,
