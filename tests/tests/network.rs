@@ -84,6 +84,24 @@ fn send_for_sha(g: &Guest, to: SocketAddr, data: &[u8]) -> io::Result<String> {
 // helpers: --list / API JSON
 // ---------------------------------------------------------------------------------------
 
+/// 256 KiB echoed by the VM's echo server from `g`, retried for up to 30 s (the VM's
+/// server may still be starting).
+fn echo_vm(g: &Guest, vm_ip: &str, seed: u64, net: &Network) {
+    let echo = SocketAddr::from((vm_ip.parse::<Ipv4Addr>().expect("ip"), VM_ECHO_PORT));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match echo_via(g, echo, seed, 256 * 1024) {
+            Ok(()) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "namespace -> the VM's echo server {echo}: {e}\nnetwork output: {}",
+                net.log()
+            ),
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn norm_mac(s: &str) -> String {
     s.trim().to_lowercase().replace('-', ":")
 }
@@ -848,19 +866,7 @@ fn nat_qemu_and_namespace() {
 
     // the namespace reaches the VM directly.
     ping_ok(&g, &vm_ip, &net, "namespace -> VM");
-    let echo = SocketAddr::from((vm_ip.parse::<Ipv4Addr>().expect("ip"), VM_ECHO_PORT));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match echo_via(&g, echo, 7, 256 * 1024) {
-            Ok(()) => break,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "namespace -> the VM's echo server {echo}: {e}\nnetwork output: {}",
-                net.log()
-            ),
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
+    echo_vm(&g, &vm_ip, 7, &net);
 
     let ports = net.list_array("ports");
     let streams = ports_of_kind(&ports, "stream");
@@ -1033,19 +1039,7 @@ fn vm_network_flag_joins_with_namespace() {
 
     // namespace -> VM.
     ping_ok(&g, &vm_ip, &net, "namespace -> VM");
-    let echo = SocketAddr::from((vm_ip.parse::<Ipv4Addr>().expect("ip"), VM_ECHO_PORT));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match echo_via(&g, echo, 11, 256 * 1024) {
-            Ok(()) => break,
-            Err(e) => assert!(
-                Instant::now() < deadline,
-                "namespace -> the VM's echo server {echo}: {e}\nnetwork output: {}",
-                net.log()
-            ),
-        }
-        thread::sleep(Duration::from_millis(500));
-    }
+    echo_vm(&g, &vm_ip, 11, &net);
 
     // The VM is a port of the network, listed as such.
     let ports = net.list_array("ports");

@@ -612,6 +612,41 @@ fn a_second_port_cannot_take_a_pinned_mac() {
     assert!(settle(&mut f, now).contains_key(&c));
 }
 
+/// A UDP datagram in an IPv4 packet in an Ethernet frame.
+fn udp4(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    eth(
+        dst_mac,
+        src_mac,
+        0x0800,
+        &ipv4(src, dst, 17, &udp(sport, dport, payload)),
+    )
+}
+
+/// A TCP SYN in an IPv4 packet in an Ethernet frame.
+fn syn4(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    eth(
+        dst_mac,
+        src_mac,
+        0x0800,
+        &ipv4(src, dst, 6, &tcp_syn(sport, dport)),
+    )
+}
+
 fn tcp_syn(sport: u16, dport: u16) -> Vec<u8> {
     let mut t = vec![0u8; 20];
     t[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -642,16 +677,7 @@ fn filter_rules_apply_to_guest_to_guest_flows_once_per_flow() {
     f.from_port(now, a, &arp(2, MAC_A, ip_a, ip_b));
     let _ = settle(&mut f, now);
     // A SYN to B:22 never reaches B; A gets a RST from 10.0.2.16:22, B's MAC.
-    f.from_port(
-        now,
-        a,
-        &eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(ip_a, ip_b, 6, &tcp_syn(40000, 22)),
-        ),
-    );
+    f.from_port(now, a, &syn4(MAC_A, MAC_B, ip_a, ip_b, 40000, 22));
     let out = settle(&mut f, now);
     assert!(!out.contains_key(&b), "{out:?}");
     let rst = &out[&a][0];
@@ -666,29 +692,11 @@ fn filter_rules_apply_to_guest_to_guest_flows_once_per_flow() {
         "acks the SYN"
     );
     // Port 80 is not denied; the segments after a SYN are never asked about.
-    f.from_port(
-        now,
-        a,
-        &eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(ip_a, ip_b, 6, &tcp_syn(40001, 80)),
-        ),
-    );
+    f.from_port(now, a, &syn4(MAC_A, MAC_B, ip_a, ip_b, 40001, 80));
     assert_eq!(settle(&mut f, now).keys().copied().collect::<Vec<_>>(), [b]);
     // UDP to B:53 is refused with ICMP administratively prohibited (3/13) from B.
     for _ in 0..3 {
-        f.from_port(
-            now,
-            a,
-            &eth(
-                MAC_B,
-                MAC_A,
-                0x0800,
-                &ipv4(ip_a, ip_b, 17, &udp(5000, 53, b"q")),
-            ),
-        );
+        f.from_port(now, a, &udp4(MAC_A, MAC_B, ip_a, ip_b, 5000, 53, b"q"));
     }
     let out = settle(&mut f, now);
     assert!(!out.contains_key(&b));
@@ -696,26 +704,8 @@ fn filter_rules_apply_to_guest_to_guest_flows_once_per_flow() {
     assert_eq!((out[&a][0][14 + 20], out[&a][0][14 + 21]), (3, 13));
     assert_eq!(&out[&a][0][26..30], &ip_b);
     // UDP to B:5353 passes, and so does B's reply (the same flow, reversed).
-    f.from_port(
-        now,
-        a,
-        &eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(ip_a, ip_b, 17, &udp(5000, 5353, b"q")),
-        ),
-    );
-    f.from_port(
-        now,
-        b,
-        &eth(
-            MAC_A,
-            MAC_B,
-            0x0800,
-            &ipv4(ip_b, ip_a, 17, &udp(5353, 5000, b"r")),
-        ),
-    );
+    f.from_port(now, a, &udp4(MAC_A, MAC_B, ip_a, ip_b, 5000, 5353, b"q"));
+    f.from_port(now, b, &udp4(MAC_B, MAC_A, ip_b, ip_a, 5353, 5000, b"r"));
     let out = settle(&mut f, now);
     assert!(out.contains_key(&a) && out.contains_key(&b), "{out:?}");
     // An echo request to B is dropped without an answer.
@@ -732,16 +722,7 @@ fn filter_rules_apply_to_guest_to_guest_flows_once_per_flow() {
     assert_eq!(f.stats.drops(DropReason::FlowDenied), 5);
     // Rules changed at run time apply to the next datagram of a cached flow.
     f.policy_mut().set_network(Vec::new(), None);
-    f.from_port(
-        now,
-        a,
-        &eth(
-            MAC_B,
-            MAC_A,
-            0x0800,
-            &ipv4(ip_a, ip_b, 17, &udp(5000, 53, b"q")),
-        ),
-    );
+    f.from_port(now, a, &udp4(MAC_A, MAC_B, ip_a, ip_b, 5000, 53, b"q"));
     assert!(settle(&mut f, now).contains_key(&b));
 }
 
@@ -774,16 +755,7 @@ fn a_guests_own_rules_follow_it_and_broadcasts_are_asked_once() {
     );
     assert_eq!(f.policy().guests[&a].hits, [1]);
     // B has no such rule: its unicast to C passes.
-    f.from_port(
-        now,
-        b,
-        &eth(
-            MAC_C,
-            MAC_B,
-            0x0800,
-            &ipv4(ip_b, ip_c, 17, &udp(7, 9999, b"x")),
-        ),
-    );
+    f.from_port(now, b, &udp4(MAC_B, MAC_C, ip_b, ip_c, 7, 9999, b"x"));
     assert!(settle(&mut f, now).contains_key(&c));
     // Nor does the rule cover A's flows through the gateway to the outside.
     assert_eq!(f.policy().guests[&a].hits, [1]);
