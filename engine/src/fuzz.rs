@@ -351,6 +351,21 @@ pub fn run_network(data: &[u8], mut seen: impl FnMut(usize, &[u8])) {
             .add_port(start, None, PortKind::Virtual, String::new())
             .unwrap_or(0);
     }
+    // Rules, so that guest-to-guest frames go through the flow filter too (parsing,
+    // the verdict cache, the RST and ICMP answers).
+    let rule = |r: &str| usernet_portfwd::filter::parse_filter(r).ok();
+    let net_rules = [
+        "deny:tcp:10.0.2.0/24:22",
+        "deny:udp:10.0.2.16/32:53",
+        "deny:icmp:fd00::/64",
+    ];
+    fabric
+        .policy_mut()
+        .set_network(net_rules.iter().filter_map(|r| rule(r)).collect(), None);
+    fabric.set_guest_filters(
+        crate::network::GuestKey::Addr(std::net::Ipv4Addr::new(10, 0, 2, 15)),
+        rule("deny:any:10.0.2.17/32").into_iter().collect(),
+    );
     let cap = 14 + cfg.mtu as usize;
     let mut now = start;
     let mut rest = data;
