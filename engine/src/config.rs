@@ -49,6 +49,11 @@ impl Default for Limits {
 }
 
 /// How long a guest TCP connection may take to be accepted by the host before the guest gets a reset.
+/// On a network of several guests, one guest may hold at most this fraction (1/N) of
+/// each NAT table (TCP flows, half-open connects, UDP mappings), so that a guest that
+/// floods leaves the rest to the others.
+pub const GUEST_SHARE_DIV: usize = 2;
+/// Time a guest TCP connect may stay in progress.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
 /// Idle time after which an established TCP flow with no traffic either way is reset (as libslirp/passt: 2 h).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(7200);

@@ -74,6 +74,9 @@ drop_reasons! {
     TcpHalfOpenFull => "tcp_half_open_full",
     /// SYN refused because the flow table is full.
     TcpTableFull => "tcp_table_full",
+    /// A network guest's new flow refused: it holds its whole share of the NAT's
+    /// TCP flows, half-open connects or UDP mappings (`GUEST_SHARE_DIV`).
+    GuestShareFull => "guest_share_full",
     /// TCP connection refused by policy (e.g. host loopback disabled).
     TcpRefused => "tcp_refused",
     /// UDP datagram that does not parse or has a bad checksum.

@@ -84,6 +84,8 @@ enum Phase {
 
 struct TcpFlow {
     key: TcpKey,
+    /// The network port the guest's SYN came from (0: single guest, or a forward).
+    origin: usize,
     set: SocketSet<'static>,
     handle: SocketHandle,
     host: mio::net::TcpStream,
@@ -238,6 +240,9 @@ pub struct TcpTable {
     flows: Slab<TcpFlow>,
     map: HashMap<TcpKey, usize>,
     half_open: usize,
+    /// Per network port: (flows, half-open connects) it started; only ports that
+    /// hold some (at most `MAX_PORTS` entries).
+    by_origin: HashMap<usize, (usize, usize)>,
     dirty: Vec<usize>,
     blocked: Vec<usize>,
     next_port: u16,
@@ -320,6 +325,7 @@ impl TcpTable {
             flows: Slab::new(),
             map: HashMap::new(),
             half_open: 0,
+            by_origin: HashMap::new(),
             dirty: Vec::new(),
             blocked: Vec::new(),
             next_port: FWD_PORT_FIRST,
@@ -430,6 +436,17 @@ impl TcpTable {
             ctx.drop(DropReason::TcpHalfOpenFull);
             return;
         }
+        let origin = ctx.policy.origin.port;
+        if origin != 0
+            && let Some(&(flows, half_open)) = self.by_origin.get(&origin)
+            && (flows >= ctx.cfg.limits.max_tcp_flows / crate::config::GUEST_SHARE_DIV
+                || half_open >= ctx.cfg.limits.max_half_open / crate::config::GUEST_SHARE_DIV)
+        {
+            // This guest holds its share: the others keep theirs. Like a full table,
+            // a SYN dropped here is retransmitted by the guest later.
+            ctx.drop(DropReason::GuestShareFull);
+            return;
+        }
         let mut dns_stream = None;
         let target = match nat::from_guest(&ctx.cfg, Proto::Tcp, key.remote) {
             Ok(Target::Host(a)) => Some(a),
@@ -511,6 +528,7 @@ impl TcpTable {
         syn[..syn_len].copy_from_slice(&ip[..syn_len]);
         self.flows.insert(TcpFlow {
             key,
+            origin,
             set,
             handle,
             host,
@@ -535,6 +553,11 @@ impl TcpTable {
         });
         self.map.insert(key, idx);
         self.half_open += 1;
+        if origin != 0 {
+            let u = self.by_origin.entry(origin).or_default();
+            u.0 += 1;
+            u.1 += 1;
+        }
         ctx.stats.flow_opened(FlowKind::Tcp);
         tracing::debug!(flow = idx, guest = %key.guest, remote = %key.remote, %target, "tcp flow: connecting");
         self.update_timer(ctx, now, idx);
@@ -603,6 +626,7 @@ impl TcpTable {
         }
         self.flows.insert(TcpFlow {
             key,
+            origin: 0,
             set,
             handle,
             host,
@@ -712,6 +736,9 @@ impl TcpTable {
                     Ok(_) => {
                         f.phase = Phase::Open;
                         self.half_open -= 1;
+                        if let Some(u) = self.by_origin.get_mut(&f.origin) {
+                            u.1 = u.1.saturating_sub(1);
+                        }
                         f.set.get_mut::<tcp::Socket>(f.handle).pause_synack(false);
                         tracing::debug!(flow = idx, "tcp flow: host connected");
                     }
@@ -884,6 +911,15 @@ impl TcpTable {
         }
         if f.phase == Phase::Connecting {
             self.half_open -= 1;
+        }
+        if let Some(u) = self.by_origin.get_mut(&f.origin) {
+            u.0 = u.0.saturating_sub(1);
+            if f.phase == Phase::Connecting {
+                u.1 = u.1.saturating_sub(1);
+            }
+            if u.0 == 0 {
+                self.by_origin.remove(&f.origin);
+            }
         }
         ctx.timers
             .reschedule(TimerKey::Tcp(idx), &mut f.deadline, None);

@@ -97,6 +97,8 @@ impl<'a> GuestDatagram<'a> {
 
 struct Mapping {
     guest: SocketAddr,
+    /// The network port that opened it (0: single guest).
+    origin: usize,
     sock: mio::net::UdpSocket,
     last_active: Instant,
     deadline: Option<Instant>,
@@ -119,7 +121,13 @@ pub struct UdpTable {
     clock: VecDeque<usize>,
     blocked: Vec<usize>,
     buf: Vec<u8>,
+    /// Mappings per network port (ports holding none are absent).
+    by_origin: HashMap<usize, usize>,
 }
+
+/// Mappings looked at, oldest first, for one of its own when a network guest that
+/// holds its whole share opens another.
+const OWN_EVICT_SCAN: usize = 64;
 
 impl Default for UdpTable {
     fn default() -> Self {
@@ -129,6 +137,7 @@ impl Default for UdpTable {
             clock: VecDeque::new(),
             blocked: Vec::new(),
             buf: Vec::new(),
+            by_origin: HashMap::new(),
         }
     }
 }
@@ -235,6 +244,17 @@ impl UdpTable {
     }
 
     fn open(&mut self, ctx: &mut Ctx, now: Instant, guest: SocketAddr) -> Option<usize> {
+        let origin = ctx.policy.origin.port;
+        let share = (ctx.cfg.limits.max_udp_mappings / crate::config::GUEST_SHARE_DIV).max(1);
+        if origin != 0
+            && self.by_origin.get(&origin).is_some_and(|&n| n >= share)
+            && !self.evict_own(ctx, origin)
+        {
+            // A network guest holding its whole share makes room among its own
+            // mappings, never the other guests'.
+            ctx.drop(DropReason::GuestShareFull);
+            return None;
+        }
         if self.maps.len() >= ctx.cfg.limits.max_udp_mappings {
             self.evict_one(ctx, now);
         }
@@ -257,6 +277,7 @@ impl UdpTable {
         }
         self.maps.insert(Mapping {
             guest,
+            origin,
             sock,
             last_active: now,
             deadline: None,
@@ -266,6 +287,9 @@ impl UdpTable {
         });
         self.by_guest.insert(guest, idx);
         self.clock.push_back(idx);
+        if origin != 0 {
+            *self.by_origin.entry(origin).or_default() += 1;
+        }
         ctx.stats.flow_opened(FlowKind::Udp);
         if let Some(m) = self.maps.get_mut(idx) {
             ctx.timers.reschedule(
@@ -295,12 +319,38 @@ impl UdpTable {
         }
     }
 
+    /// Close the oldest of `origin`'s own mappings among the [`OWN_EVICT_SCAN`]
+    /// oldest; `false` when there is none among them.
+    fn evict_own(&mut self, ctx: &mut Ctx, origin: usize) -> bool {
+        for _ in 0..OWN_EVICT_SCAN {
+            let Some(idx) = self.clock.pop_front() else {
+                return false;
+            };
+            match self.maps.get(idx) {
+                Some(m) if m.origin == origin => {
+                    ctx.drop(DropReason::UdpEvicted);
+                    self.close(ctx, idx);
+                    return true;
+                }
+                Some(_) => self.clock.push_back(idx),
+                None => {}
+            }
+        }
+        false
+    }
+
     fn close(&mut self, ctx: &mut Ctx, idx: usize) {
         if !self.maps.contains(idx) {
             return;
         }
         let mut m = self.maps.remove(idx);
         self.by_guest.remove(&m.guest);
+        if let Some(n) = self.by_origin.get_mut(&m.origin) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_origin.remove(&m.origin);
+            }
+        }
         ctx.timers
             .reschedule(TimerKey::Udp(idx), &mut m.deadline, None);
         let _ = ctx.registry.deregister(&mut m.sock);
