@@ -413,6 +413,49 @@ fn resolve_outbound(s: &str, v6: bool) -> Result<IpAddr, CliError> {
 }
 
 impl NetArgs {
+    /// The options given that belong to a network as a whole (a guest joining one cannot
+    /// change them).
+    pub fn network_settings(&self) -> Vec<&'static str> {
+        let n = self;
+        let mut v = Vec::new();
+        let mut given = |on: bool, name: &'static str| {
+            if on {
+                v.push(name);
+            }
+        };
+        given(n.mtu != crate::config::DEFAULT_MTU, "--mtu");
+        given(
+            (n.cidr.network, n.cidr.prefix_len) != (std::net::Ipv4Addr::new(10, 0, 2, 0), 24),
+            "--cidr",
+        );
+        given(
+            n.cidr6 != (std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0), 64),
+            "--cidr6",
+        );
+        given(n.disable_host_loopback, "--disable-host-loopback");
+        given(n.disable_dns, "--disable-dns");
+        given(!n.dns_upstream.is_empty(), "--dns-upstream");
+        given(n.outbound_addr.is_some(), "--outbound-addr");
+        given(n.outbound_addr6.is_some(), "--outbound-addr6");
+        given(n.dhcp_range.is_some(), "--dhcp-range");
+        given(n.dhcp_lease_time.is_some(), "--dhcp-lease-time");
+        given(!n.dhcp_host.is_empty(), "--dhcp-host");
+        given(!n.dns_search.is_empty(), "--dns-search");
+        given(n.domain.is_some(), "--domain");
+        given(n.disable_dhcp, "--disable-dhcp");
+        given(n.pcap.is_some(), "--pcap");
+        given(n.enable_ipv6, "--enable-ipv6");
+        given(n.api_socket.is_some(), "--api-socket");
+        given(!n.publish.is_empty(), "-p/--publish");
+        given(!n.natpf.is_empty(), "--natpf");
+        given(!n.filter.is_empty(), "--filter");
+        given(
+            n.filter_default != usernet_portfwd::filter::Action::Allow,
+            "--filter-default",
+        );
+        v
+    }
+
     /// Every forward rule of `-p` and `--natpf`, in order.
     pub fn forward_rules(&self) -> Vec<usernet_portfwd::RuleSpec> {
         let mut v: Vec<_> = self.publish.iter().flatten().cloned().collect();

@@ -201,6 +201,15 @@ fn cmd_run(cli: RunCli) -> anyhow::Result<ExitCode> {
 fn cmd_run_network(cli: RunCli) -> anyhow::Result<ExitCode> {
     use usernet_engine::network::client;
     let name = cli.network.clone().unwrap_or_default();
+    let ignored = cli.net.network_settings();
+    if !ignored.is_empty() {
+        anyhow::bail!(
+            "usernet run --network {name}: {} set the network, not this guest; give them to \
+             `usernet network {name}` (a running network's forwards and rules change through \
+             its API socket, `usernet network {name} --list` shows where)",
+            ignored.join(", ")
+        );
+    }
     init_logging(&cli.net, true)?;
     let base = usernet_engine::network::run::runtime_base(cli.runtime_dir.as_deref());
     let api_path = client::reach(&base, &name, true)?;

@@ -65,6 +65,15 @@ pub struct VmCli {
 fn vm_on_network(cli: &VmCli, name: &str) -> anyhow::Result<ExitCode> {
     use crate::network::client;
     use usernet_portfwd::api::AttachKind;
+    let ignored = cli.net.network_settings();
+    if !ignored.is_empty() {
+        anyhow::bail!(
+            "usernet vm --network {name}: {} set the network, not this VM; give them to \
+             `usernet network {name}` (a running network's forwards and rules change through \
+             its API socket)",
+            ignored.join(", ")
+        );
+    }
     let base = crate::network::run::runtime_base(cli.runtime_dir.as_deref());
     let api_path = client::reach(&base, name, true)?;
     if let Some(n) = cli.fd {

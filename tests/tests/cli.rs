@@ -314,3 +314,47 @@ fn run_as_unprivileged_user() {
         "download digest missing from: {stdout}"
     );
 }
+
+/// `usernet run --network NAME` and `usernet vm --network NAME` join a network whose
+/// settings are the network's own: options that would change them are refused with a
+/// sentence naming each and where they belong, before any network is started.
+#[test]
+fn joining_a_network_refuses_its_settings() {
+    let host = HostNs::new();
+    let dir = host.dir.join("run");
+    expect_cli_error(
+        &host,
+        &[
+            "run".into(),
+            "--network".into(),
+            "lab".into(),
+            "--runtime-dir".into(),
+            dir.to_string_lossy().into_owned(),
+            "--mtu=9000".into(),
+            "-p".into(),
+            "8080:80".into(),
+            "--".into(),
+            "true".into(),
+        ],
+        &["--mtu", "-p/--publish", "usernet network lab"],
+    );
+    expect_cli_error(
+        &host,
+        &[
+            "vm".into(),
+            "--network".into(),
+            "lab".into(),
+            "--runtime-dir".into(),
+            dir.to_string_lossy().into_owned(),
+            "--filter".into(),
+            "deny:any:0.0.0.0/0".into(),
+            "--stream".into(),
+            format!("unix:{}", host.dir.join("vm.sock").display()),
+        ],
+        &["--filter", "usernet network lab"],
+    );
+    assert!(
+        !dir.join("lab").exists(),
+        "no network should have been started"
+    );
+}

@@ -697,6 +697,39 @@ fn forwards_reach_their_own_guest() {
     );
     forward_tag(&host, "tcp", tcp[1], "guest-b", &net);
     assert_eq!(tb.accepted(), 7);
+
+    // A forward naming no guest, on a network where two guests hold leases: which one
+    // is meant? The client is closed (counted), no guest is guessed at.
+    let vague = host.free_port("127.0.0.1");
+    let v = api_json(
+        &net.api(),
+        &format!(
+            r#"{{"execute":"add_hostfwd","arguments":{{"proto":"tcp","host_addr":"127.0.0.1","host_port":{vague},"guest_port":{NAME_PORT}}}}}"#
+        ),
+    );
+    assert!(v.get("error").is_none(), "add_hostfwd without a guest: {v}");
+    let before = (ta.accepted(), tb.accepted());
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, vague));
+    let got = host.run(|| -> io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut t = String::new();
+        s.read_to_string(&mut t)?;
+        Ok(t)
+    });
+    assert!(
+        got.as_ref().map_or(true, |t| t.is_empty()),
+        "a forward without a guest on a network of two reached {got:?}"
+    );
+    assert_eq!((ta.accepted(), tb.accepted()), before);
+    let st = api_json(&net.api(), r#"{"execute":"stats"}"#);
+    assert!(
+        st.pointer("/return/drops/forward_guest_unknown")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            >= 1,
+        "stats .drops.forward_guest_unknown: {st}"
+    );
     net.assert_alive("at the end");
 }
 

@@ -446,6 +446,9 @@ impl Router {
                 v4: self.ctx.cfg.guest,
                 v6: None,
             }),
+            // A network with several leased guests: which one is meant? None (the
+            // client is refused and the drop counted) rather than a guess.
+            None if self.shared && self.bound_leases().nth(1).is_some() => None,
             None => Some(self.default_guest()),
             Some(mac) => {
                 let v4 = self.dhcp.as_ref()?.lease_for_mac(mac)?;
@@ -844,14 +847,9 @@ impl Router {
         let mut v4 = self.ctx.cfg.guest;
         if self.shared {
             // A network: its only DHCP guest, if it has exactly one.
-            let mut bound = self.leases().into_iter().filter(|l| {
-                matches!(
-                    l.state,
-                    usernet_dhcp::LeaseState::Bound | usernet_dhcp::LeaseState::Reserved
-                )
-            });
+            let mut bound = self.bound_leases();
             if let (Some(only), None) = (bound.next(), bound.next()) {
-                v4 = only.addr;
+                v4 = only;
             }
         } else if !self.ctx.cfg.configured {
             let mac = self.ctx.emit.guest_mac;
@@ -863,6 +861,17 @@ impl Router {
             v4,
             v6: self.ctx.cfg.ipv6.as_ref().and(self.ndp.guest6),
         }
+    }
+
+    /// The addresses leased (bound or reserved and taken) by DHCP.
+    fn bound_leases(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.leases().into_iter().filter_map(|l| {
+            matches!(
+                l.state,
+                usernet_dhcp::LeaseState::Bound | usernet_dhcp::LeaseState::Reserved
+            )
+            .then_some(l.addr)
+        })
     }
 
     fn gateways(&self) -> fwd::Gateways {
