@@ -93,6 +93,8 @@ pub(crate) struct Table {
     reserved_addr: HashMap<u32, [u8; 6]>,
     /// Bound leases per MAC (only MACs holding at least one).
     bound_by_mac: HashMap<[u8; 6], u32>,
+    /// Offered or bound leases per MAC (only MACs holding at least one).
+    held_by_mac: HashMap<[u8; 6], u32>,
 }
 
 impl Table {
@@ -110,7 +112,13 @@ impl Table {
             reserved_by_mac: reservations.iter().copied().collect(),
             reserved_addr,
             bound_by_mac: HashMap::new(),
+            held_by_mac: HashMap::new(),
         }
+    }
+
+    /// Offered or bound leases `mac` holds: O(1).
+    pub fn held_by(&self, mac: [u8; 6]) -> u32 {
+        self.held_by_mac.get(&mac).copied().unwrap_or(0)
     }
 
     /// Whether `mac` holds a bound lease (reservations included): O(1).
@@ -121,17 +129,25 @@ impl Table {
     /// Count (`up`) or uncount the lease at `addr` in `bound_by_mac`, when bound.
     /// Called around every change of a lease's presence, MAC or state.
     fn tally(&mut self, addr: u32, up: bool) {
-        let Some(l) = self.leases.get(&addr).filter(|l| l.state == State::Bound) else {
+        let Some(l) = self.leases.get(&addr) else {
             return;
         };
-        let mac = l.mac;
-        if up {
-            *self.bound_by_mac.entry(mac).or_insert(0) += 1;
-        } else if let Some(n) = self.bound_by_mac.get_mut(&mac) {
-            *n -= 1;
-            if *n == 0 {
-                self.bound_by_mac.remove(&mac);
+        let (mac, state) = (l.mac, l.state);
+        let count = |m: &mut HashMap<[u8; 6], u32>| {
+            if up {
+                *m.entry(mac).or_insert(0) += 1;
+            } else if let Some(n) = m.get_mut(&mac) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&mac);
+                }
             }
+        };
+        if state == State::Bound {
+            count(&mut self.bound_by_mac);
+        }
+        if matches!(state, State::Bound | State::Offered) {
+            count(&mut self.held_by_mac);
         }
     }
 
@@ -325,6 +341,17 @@ impl Table {
         }
         if bound != self.bound_by_mac {
             return Err("bound_by_mac does not count the bound leases");
+        }
+        let mut held: HashMap<[u8; 6], u32> = HashMap::new();
+        for l in self
+            .leases
+            .values()
+            .filter(|l| matches!(l.state, State::Bound | State::Offered))
+        {
+            *held.entry(l.mac).or_insert(0) += 1;
+        }
+        if held != self.held_by_mac {
+            return Err("held_by_mac does not count the offered and bound leases");
         }
         Ok(())
     }

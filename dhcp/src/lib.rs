@@ -82,8 +82,8 @@ pub use config::{
     SLIRP_POOL_OFFSET, SLIRP_STATIC_GUEST_OFFSET, ServerConfig,
 };
 pub use server::{
-    DECLINE_HOLD, IgnoreReason, LeaseInfo, LeaseState, MIN_OUT_LEN, OFFER_TIMEOUT, Outcome, Reply,
-    Server,
+    DECLINE_HOLD, IgnoreReason, LeaseInfo, LeaseState, MAX_LEASES_PER_MAC, MIN_OUT_LEN,
+    OFFER_TIMEOUT, Outcome, Reply, Server,
 };
 pub use v6::{
     ConfigError6, IgnoreReason6, Lease6Info, Lease6State, MessageType6, Outcome6, Server6,

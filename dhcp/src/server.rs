@@ -27,6 +27,10 @@ use crate::wire::{
 /// How long an OFFER holds its address for a client that never REQUESTs it. Clients
 /// request within a second or two; RFC 2131 §4.3.1 leaves the time to the server.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most leases (offered or bound) one MAC may hold under different client
+/// identifiers (option 61), so that one guest cannot take the whole pool by making
+/// identifiers up. A reservation is always served.
+pub const MAX_LEASES_PER_MAC: u32 = 4;
 
 /// How long a DECLINEd address is kept out of the pool. Long enough that whatever
 /// squats on it is likely gone; dnsmasq uses the same ten minutes.
@@ -109,11 +113,14 @@ pub enum IgnoreReason {
     Declined,
     /// `out` is shorter than [`MIN_OUT_LEN`].
     OutputTooSmall,
+    /// A new client identifier from a MAC that holds [`MAX_LEASES_PER_MAC`] leases
+    /// already.
+    TooManyLeases,
 }
 
 impl IgnoreReason {
     /// Every reason, in declaration order: `ALL[r.index()] == r`, for counter arrays.
-    pub const ALL: [IgnoreReason; 10] = [
+    pub const ALL: [IgnoreReason; 11] = [
         IgnoreReason::Malformed,
         IgnoreReason::NotBootRequest,
         IgnoreReason::NotDhcp,
@@ -124,6 +131,7 @@ impl IgnoreReason {
         IgnoreReason::Released,
         IgnoreReason::Declined,
         IgnoreReason::OutputTooSmall,
+        IgnoreReason::TooManyLeases,
     ];
 
     /// Position in [`IgnoreReason::ALL`].
@@ -144,6 +152,7 @@ impl IgnoreReason {
             IgnoreReason::Released => "released",
             IgnoreReason::Declined => "declined",
             IgnoreReason::OutputTooSmall => "output_too_small",
+            IgnoreReason::TooManyLeases => "too_many_leases",
         }
     }
 }
@@ -352,10 +361,21 @@ impl Server {
         (u32::from(self.cfg.cfg.pool_start)..=u32::from(self.cfg.cfg.pool_end)).contains(&addr)
     }
 
+    /// Whether `key` (holding nothing yet, no reservation) would be one lease too many
+    /// for `mac`.
+    fn over_mac_quota(&self, mac: [u8; 6], key: &ClientKey) -> bool {
+        self.table.current(key).is_none()
+            && self.table.reservation(mac).is_none()
+            && self.table.held_by(mac) >= MAX_LEASES_PER_MAC
+    }
+
     fn discover(&mut self, cx: &Ctx<'_, '_>, out: &mut [u8]) -> Outcome {
         let client = self.client(cx);
         let key = &client.key;
         let requested = cx.req.requested_ip.map(u32::from);
+        if self.over_mac_quota(cx.mac, key) {
+            return Outcome::Ignored(IgnoreReason::TooManyLeases);
+        }
         // RFC 2131 §4.3.1, in order: reservation (our policy), current binding,
         // previous binding, requested address, a new address.
         let addr = self
@@ -400,6 +420,9 @@ impl Server {
             }
         };
         let a = u32::from(addr);
+        if self.over_mac_quota(cx.mac, &key) {
+            return Outcome::Ignored(IgnoreReason::TooManyLeases);
+        }
         let wrong = match (self.table.reservation(cx.mac), self.table.current(&key)) {
             (Some(r), _) => r != a,
             (None, Some(cur)) => cur != a,

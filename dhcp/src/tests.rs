@@ -1364,3 +1364,43 @@ fn allocate_refuses_when_the_pool_is_exhausted() {
     assert_eq!(h.s.allocate(t, [3; 6], None), None);
     h.s.check_invariants().unwrap();
 }
+
+#[test]
+fn one_mac_cannot_take_the_pool_with_made_up_client_ids() {
+    let mut h = H::new(slirp());
+    let id = |n: u8| [1, 0x52, 0x54, 0, 0, 0, n];
+    // Four client identifiers on one MAC: four offers, then four leases.
+    let mut got = Vec::new();
+    for n in 0..MAX_LEASES_PER_MAC as u8 {
+        let d = msg(MessageType::Discover, MAC_A).opt(61, &id(n));
+        let offer = h.reply(0, MAC_A, &d.bytes());
+        let a = offer.msg.yiaddr();
+        let r = msg(MessageType::Request, MAC_A)
+            .opt(61, &id(n))
+            .requested(a)
+            .server_id(ip(2));
+        assert_eq!(
+            h.reply(0, MAC_A, &r.bytes()).reply.message_type,
+            MessageType::Ack
+        );
+        got.push(a);
+    }
+    // A fifth is not served, by DISCOVER nor by a straight REQUEST.
+    let d = msg(MessageType::Discover, MAC_A).opt(61, &id(9));
+    assert_eq!(h.ignored(0, MAC_A, &d.bytes()), IgnoreReason::TooManyLeases);
+    let r = msg(MessageType::Request, MAC_A)
+        .opt(61, &id(9))
+        .requested(ip(100));
+    assert_eq!(h.ignored(0, MAC_A, &r.bytes()), IgnoreReason::TooManyLeases);
+    // The clients that hold one renew as before, and other MACs are served.
+    let again = msg(MessageType::Discover, MAC_A).opt(61, &id(0));
+    assert_eq!(h.reply(1, MAC_A, &again.bytes()).msg.yiaddr(), got[0]);
+    assert!(!got.contains(&h.bind(1, MAC_B)));
+    // Offers count too: four DISCOVERs without a REQUEST use up a MAC's quota.
+    for n in 0..MAX_LEASES_PER_MAC as u8 {
+        let d = msg(MessageType::Discover, MAC_C).opt(61, &id(n));
+        h.reply(2, MAC_C, &d.bytes());
+    }
+    let d = msg(MessageType::Discover, MAC_C).opt(61, &id(7));
+    assert_eq!(h.ignored(2, MAC_C, &d.bytes()), IgnoreReason::TooManyLeases);
+}
