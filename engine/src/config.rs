@@ -50,7 +50,7 @@ impl Default for Limits {
 
 /// How long a guest TCP connection may take to be accepted by the host before the guest gets a reset.
 /// On a network of several guests, one guest may hold at most this fraction (1/N) of
-/// each NAT table (TCP flows, half-open connects, UDP mappings), so that a guest that
+/// each NAT table (TCP flows, half-open connects, UDP and ICMP echo mappings), so that a guest that
 /// floods leaves the rest to the others.
 pub const GUEST_SHARE_DIV: usize = 2;
 /// Time a guest TCP connect may stay in progress.

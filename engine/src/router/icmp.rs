@@ -43,6 +43,8 @@ enum Mode {
 
 struct EchoMap {
     guest: IpAddr,
+    /// The network port that opened it (0: single guest).
+    origin: usize,
     ident: u16,
     sock: Option<mio::net::UdpSocket>,
     last_active: Instant,
@@ -58,6 +60,8 @@ pub struct IcmpTable {
     raw_by_ident: HashMap<(bool, u16), usize>,
     mode: [Mode; 2],
     buf: Vec<u8>,
+    /// Mappings per network port (ports holding none are absent).
+    by_origin: HashMap<usize, usize>,
 }
 
 impl Default for IcmpTable {
@@ -69,6 +73,7 @@ impl Default for IcmpTable {
             raw_by_ident: HashMap::new(),
             mode: [Mode::Unknown; 2],
             buf: vec![0u8; 65536],
+            by_origin: HashMap::new(),
         }
     }
 }
@@ -189,6 +194,12 @@ impl IcmpTable {
             ctx.drop(DropReason::IcmpTableFull);
             return None;
         }
+        let origin = ctx.policy.origin.port;
+        let share = (ctx.cfg.limits.max_icmp_mappings / crate::config::GUEST_SHARE_DIV).max(1);
+        if origin != 0 && self.by_origin.get(&origin).is_some_and(|&n| n >= share) {
+            ctx.drop(DropReason::GuestShareFull);
+            return None;
+        }
         let v6 = guest.is_ipv6();
         let fam = usize::from(v6);
         let idx = self.maps.vacant_key();
@@ -248,12 +259,16 @@ impl IcmpTable {
         }
         self.maps.insert(EchoMap {
             guest,
+            origin,
             ident,
             sock,
             last_active: now,
             deadline: None,
         });
         self.by_key.insert((guest, ident), idx);
+        if origin != 0 {
+            *self.by_origin.entry(origin).or_default() += 1;
+        }
         if self.mode[fam] == Mode::Raw {
             self.raw_by_ident.insert((v6, ident), idx);
         }
@@ -360,6 +375,12 @@ impl IcmpTable {
         }
         let mut m = self.maps.remove(idx);
         self.by_key.remove(&(m.guest, m.ident));
+        if let Some(n) = self.by_origin.get_mut(&m.origin) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_origin.remove(&m.origin);
+            }
+        }
         let key = (m.guest.is_ipv6(), m.ident);
         if self.raw_by_ident.get(&key) == Some(&idx) {
             self.raw_by_ident.remove(&key);
