@@ -15,7 +15,9 @@
 //!   addresses) are never its own.
 //! * Its **IPv6 addresses**: the first link-local (fe80::/10) and, when the network
 //!   has an IPv6 prefix, in-prefix addresses it used as a source (up to
-//!   [`MAX_V6_PER_PORT`]), unless another guest used them before. Never the router's
+//!   [`MAX_V6_PER_PORT`]; a new one then takes the place of the one used least
+//!   recently, as temporary addresses come and go, and the network forgets who used
+//!   it), unless another guest used them before. Never the router's
 //!   addresses (its link-local address, the gateway and DNS addresses, the prefix's
 //!   subnet-router anycast address), never a multicast, loopback or any other address.
 //!
@@ -201,6 +203,12 @@ pub struct Identity {
     pub pinned4: Option<Ipv4Addr>,
     /// Its IPv6 addresses.
     pub addr6: Vec<Ipv6Addr>,
+    /// When each of `addr6` was last a source (a count of the port's IPv6 frames).
+    used6: Vec<u64>,
+    tick6: u64,
+    /// The address the last check took out of `addr6` to make room, for the network
+    /// to forget too (the port gave it up).
+    pub gave_up6: Option<Ipv6Addr>,
 }
 
 /// What the checks ask of the rest of the network, all O(1).
@@ -302,7 +310,7 @@ impl Identity {
         if self.addr6.contains(&a) {
             return Own::Yes;
         }
-        if look.used_by6(a).is_some_and(|m| m != mac) || self.addr6.len() >= MAX_V6_PER_PORT {
+        if look.used_by6(a).is_some_and(|m| m != mac) {
             return Own::No;
         }
         Own::Pin
@@ -472,11 +480,28 @@ impl Identity {
                 Err(Spoof::Ipv6)
             };
         }
+        self.tick6 += 1;
         match self.own6(src, look) {
             Own::No => Err(Spoof::Ipv6),
-            Own::Yes => Ok(()),
+            Own::Yes => {
+                if let Some(i) = self.addr6.iter().position(|&a| a == src) {
+                    self.used6.resize(self.addr6.len(), 0);
+                    self.used6[i] = self.tick6;
+                }
+                Ok(())
+            }
             Own::Pin => {
+                self.used6.resize(self.addr6.len(), 0);
+                if self.addr6.len() >= MAX_V6_PER_PORT {
+                    // Full: the address used least recently makes room (O(8)).
+                    let lru = (0..self.used6.len())
+                        .min_by_key(|&i| self.used6[i])
+                        .unwrap_or(0);
+                    self.gave_up6 = Some(self.addr6.swap_remove(lru));
+                    self.used6.swap_remove(lru);
+                }
                 self.addr6.push(src);
+                self.used6.push(self.tick6);
                 Ok(())
             }
         }
@@ -1629,11 +1654,19 @@ mod tests {
             let a = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100 + i);
             assert_eq!(port.check(&ip6(ME, a, 17, &[0, 1, 0, 2]), &n), Ok(()));
         }
+        // The first stays in use; a ninth address takes the place of the second, the
+        // one used least recently (temporary addresses come and go).
+        let first = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+        let second = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x101);
+        assert_eq!(port.check(&ip6(ME, first, 17, &[0, 1, 0, 2]), &n), Ok(()));
         let one_more = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x999);
         assert_eq!(
             port.check(&ip6(ME, one_more, 17, &[0, 1, 0, 2]), &n),
-            Err(Spoof::Ipv6)
+            Ok(())
         );
+        assert_eq!(port.addr6.len(), MAX_V6_PER_PORT);
+        assert!(port.addr6.contains(&first) && port.addr6.contains(&one_more));
+        assert!(!port.addr6.contains(&second));
     }
 
     #[test]

@@ -606,7 +606,13 @@ impl Fabric {
                 gateway: self.gateway,
                 dns: self.dns,
             };
-            if let Err(why) = p.ident.check(frame, &look) {
+            let checked = p.ident.check(frame, &look);
+            if let Some(a) = p.ident.gave_up6.take()
+                && p.ident.mac.is_some_and(|m| self.neigh6.get(&a) == Some(&m))
+            {
+                self.neigh6.remove(&a);
+            }
+            if let Err(why) = checked {
                 self.spoofed(from, why);
                 return;
             }
