@@ -40,28 +40,6 @@ const MIB: u64 = 1024 * 1024;
 const CONFIG_RS: &str = include_str!("../../engine/src/config.rs");
 const RELAY_RS: &str = include_str!("../../dns/src/relay.rs");
 
-/// The value of `name: EXPR,` or `name: TYPE = EXPR;` in `src`, where EXPR is a product
-/// of integer literals (`1024 * 1024`).
-fn source_cap(src: &str, file: &str, name: &str) -> u64 {
-    let line = src
-        .lines()
-        .map(str::trim)
-        .find(|l| {
-            l.starts_with(&format!("{name}:")) || l.starts_with(&format!("pub const {name}:"))
-        })
-        .unwrap_or_else(|| panic!("{file} no longer defines {name}"));
-    let expr = match line.split_once('=') {
-        Some((_, e)) => e,
-        None => line.split_once(':').map(|(_, e)| e).unwrap_or(""),
-    };
-    expr.trim()
-        .trim_end_matches([',', ';'])
-        .split('*')
-        .map(|f| f.trim().replace('_', "").parse::<u64>())
-        .product::<Result<u64, _>>()
-        .unwrap_or_else(|e| panic!("{file}: cannot read {name} from {line:?}: {e}"))
-}
-
 fn cap(name: &str) -> u64 {
     if name == "DEFAULT_MAX_PENDING" {
         source_cap(RELAY_RS, "dns/src/relay.rs", name)
@@ -476,97 +454,6 @@ impl Drop for Transfer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// frames
-// ---------------------------------------------------------------------------------------
-
-/// TCP/UDP checksum over the IPv4 pseudo-header.
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, seg: &[u8]) -> u16 {
-    let mut p = Vec::with_capacity(12 + seg.len());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&[0, proto]);
-    p.extend_from_slice(&u16::try_from(seg.len()).expect("fits").to_be_bytes());
-    p.extend_from_slice(seg);
-    inet_checksum(&p)
-}
-
-/// A TCP segment (20-byte header plus an MSS option when `flags` has SYN) with a correct
-/// checksum; `doff` overrides the data offset field afterwards (checksum kept valid).
-fn tcp_segment(
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    seq: u32,
-    flags: u8,
-    doff: Option<u8>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let syn = flags & 0x02 != 0;
-    let hl = if syn { 24 } else { 20 };
-    let mut t = vec![0u8; hl];
-    t[0..2].copy_from_slice(&src.1.to_be_bytes());
-    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    if flags & 0x10 != 0 {
-        t[8..12].copy_from_slice(&1u32.to_be_bytes());
-    }
-    t[12] = doff.unwrap_or((hl / 4) as u8) << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    if syn {
-        t[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
-    }
-    t.extend_from_slice(payload);
-    let ck = l4_checksum(src.0, dst.0, 6, &t);
-    t[16..18].copy_from_slice(&ck.to_be_bytes());
-    t
-}
-
-/// A UDP datagram with a correct checksum; `len` overrides the length field first.
-fn udp_datagram(
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-    len: Option<u16>,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut u = Vec::with_capacity(8 + payload.len());
-    u.extend_from_slice(&src.1.to_be_bytes());
-    u.extend_from_slice(&dst.1.to_be_bytes());
-    let real = u16::try_from(8 + payload.len()).expect("fits");
-    u.extend_from_slice(&len.unwrap_or(real).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let ck = l4_checksum(src.0, dst.0, 17, &u);
-    u[6..8].copy_from_slice(&ck.to_be_bytes());
-    u
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct SendReport {
-    sent: u64,
-    failed: u64,
-    enobufs: u64,
-}
-
-/// Sends one frame; when the kernel says its queue is full (ENOBUFS), waits 50 µs and
-/// tries again (≤ 2000 times). Counts into `r`.
-fn send_frame(ps: &PacketSocket, f: &[u8], r: &mut SendReport) {
-    for _ in 0..2000 {
-        match ps.send(f) {
-            Ok(()) => {
-                r.sent += 1;
-                return;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                r.enobufs += 1;
-                thread::sleep(Duration::from_micros(50));
-            }
-            Err(_) => break,
-        }
-    }
-    r.failed += 1;
 }
 
 // ---------------------------------------------------------------------------------------

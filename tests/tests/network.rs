@@ -2395,3 +2395,386 @@ fn flooding_guest_does_not_starve_the_others() {
     ping_ok(gc, &ips[1].to_string(), &net, "c -> b after the flood");
     ping_ok(ga, &ips[2].to_string(), &net, "a -> c after the flood");
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. a guest's share of the NAT tables
+// ---------------------------------------------------------------------------------------
+
+/// The engine's table sizes are read from its source (`Limits::default`), so that the
+/// flood outgrows them whatever they are.
+const CONFIG_RS: &str = include_str!("../../engine/src/config.rs");
+
+fn config_cap(name: &str) -> u64 {
+    source_cap(CONFIG_RS, "engine/src/config.rs", name)
+}
+
+/// Where A's SYN flood goes: an address on the host namespace's link whose (permanent)
+/// neighbour entry names a MAC nobody has. The host's SYNs leave ext0 and its veth peer
+/// drops them, so every connect stays in progress until the engine gives up (75 s);
+/// an address nobody answers ARP for would fail them after ~3 s, within B's bound.
+const SYN_SINK: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
+const SYN_SINK_MAC: &str = "02:00:00:00:00:77";
+
+/// `stats`'s `.return` on the network's API socket.
+fn net_stats(net: &Network) -> Value {
+    let v = api_json(&net.api(), r#"{"execute":"stats"}"#);
+    v.get("return")
+        .cloned()
+        .unwrap_or_else(|| panic!("stats reply without .return: {v}"))
+}
+
+/// `.drops.REASON` of a stats return (0 when absent: only non-zero counters are listed).
+fn drop_count(v: &Value, reason: &str) -> u64 {
+    v.pointer(&format!("/drops/{reason}"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// `.flows.PROTO.WHICH` ("open", "total") of a stats return.
+fn flow_count(v: &Value, proto: &str, which: &str) -> u64 {
+    v.pointer(&format!("/flows/{proto}/{which}"))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("stats without flows.{proto}.{which}: {v}"))
+}
+
+/// Polls the network's stats (≤ `timeout`) until `cond` holds; returns the last.
+fn wait_net_stats(net: &Network, timeout: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = net_stats(net);
+        if cond(&v) || start.elapsed() > timeout {
+            return v;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A guest that floods cannot starve the others at the NAT tables: on a nat network,
+/// B opens a UDP "session" with a server on 198.51.100.1 (the server notes B's mapped
+/// address). A then sends 3 × `max_half_open` raw SYNs (distinct source ports) to
+/// [`SYN_SINK`], whose host connects stay in progress: A holds at most half of the
+/// half-open table (open TCP flows ≤ half + 8, the rest counted as `guest_share_full`),
+/// and while A's connects are still pending B connects to a TCP echo server on
+/// 198.51.100.1 within 5 s and exchanges 64 KiB (a table A could fill whole would drop
+/// B's SYNs as `tcp_half_open_full` for the 75 s A's connects last). Once B's session
+/// has been idle 11 s (past the 10 s grace a shared table gives recently used
+/// mappings), A sends datagrams from 1.5 × `max_udp_mappings` distinct source ports to
+/// a sink on 198.51.100.1: A holds at most half of the UDP mappings (open ≤ half + 8),
+/// making room by evicting its own (`udp_evicted` ≥ the surplus), and B's mapping
+/// survives: the server's datagram to B's noted address reaches B's socket, and B's next
+/// datagram arrives from that same address; a new UDP flow from B is echoed. The network
+/// stays up and B still pings the gateway.
+#[test]
+fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
+    const MA: &str = "52:54:00:fa:00:01";
+    const MB: &str = "52:54:00:fa:00:02";
+    const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+    const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
+    let half_open = config_cap("max_half_open");
+    let udp_mappings = config_cap("max_udp_mappings");
+    // "one guest may hold at most half of each table".
+    let (tcp_share, udp_share) = (half_open / 2, udp_mappings / 2);
+    let n_syn = 3 * half_open;
+    let n_udp = 3 * udp_mappings / 2;
+
+    let host = HostNs::new();
+    host.exec_ok(&[
+        "ip",
+        "neigh",
+        "replace",
+        &SYN_SINK.to_string(),
+        "lladdr",
+        SYN_SINK_MAC,
+        "nud",
+        "permanent",
+        "dev",
+        "ext0",
+    ]);
+    let tcp_echo = host.tcp_server("198.51.100.1:0", echo_handler);
+    let udp_echo = host.udp_echo("198.51.100.1:0");
+    let session = host.udp_socket("198.51.100.1:0");
+    session
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let session_addr = session.local_addr().expect("local_addr");
+    // A's UDP flood goes here; nobody reads it (no answers, no ICMP errors).
+    let sink = host.udp_socket("198.51.100.1:0");
+    let sink_port = sink.local_addr().expect("local_addr").port();
+
+    let name = net_name("share");
+    let mut net = Network::start(
+        &host,
+        &name,
+        &[
+            "--dhcp-host",
+            &format!("{MA},{IP_A}"),
+            "--dhcp-host",
+            &format!("{MB},{IP_B}"),
+        ],
+    );
+    let ga = Guest::new(Owner::Root);
+    let gb = Guest::new(Owner::Root);
+    for (g, mac, ip, tag) in [(&ga, MA, IP_A, "sharea"), (&gb, MB, IP_B, "shareb")] {
+        net.attach(&host, g, &["--configure", "--macaddress", mac]);
+        let l = guest_udhcpc(g, &host.dir, tag, &[]);
+        assert_eq!(
+            l.get("ip").map(String::as_str),
+            Some(ip.to_string().as_str()),
+            "{tag}: reserved lease of {mac}: {l:?}"
+        );
+    }
+    // room for the whole burst in A's tap0 queue: every frame reaches the network.
+    ga.sh_ok("ip link set dev tap0 txqueuelen 20000");
+    let tcp_out = SocketAddr::from((HOST_ADDR, tcp_echo.port()));
+    echo_via(&gb, tcp_out, 0x5348_0001, 64 * 1024)
+        .unwrap_or_else(|e| panic!("B -> 198.51.100.1 before the flood: {e}\n{}", net.log()));
+
+    // 2. B's UDP session: the server notes where B's datagrams come from.
+    let b_sock = gb.udp_socket();
+    b_sock.connect(session_addr).expect("connect B's session");
+    let b_port = b_sock.local_addr().expect("local_addr").port();
+    let mut buf = [0u8; 2048];
+    let b_mapped = {
+        let mut got = None;
+        for _ in 0..3 {
+            b_sock.send(b"hello").expect("B's session: send");
+            if let Ok((n, from)) = session.recv_from(&mut buf) {
+                assert_eq!(&buf[..n], b"hello", "B's session datagram");
+                got = Some(from);
+                break;
+            }
+        }
+        got.unwrap_or_else(|| panic!("B's session datagram never arrived\n{}", net.log()))
+    };
+    session
+        .send_to(b"welcome", b_mapped)
+        .expect("session reply");
+    b_sock
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let n = b_sock
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("B's session: no reply: {e}\n{}", net.log()));
+    assert_eq!(&buf[..n], b"welcome", "B's session reply");
+    let session_idle_since = Instant::now();
+    let before = net_stats(&net);
+
+    // 3a. A's SYN flood: raw SYNs from distinct source ports to the blackhole.
+    let gw = parse_mac(GATEWAY_MAC).expect("gateway MAC");
+    let ma = parse_mac(MA).expect("A's MAC");
+    let t_flood = Instant::now();
+    let syn_rep = ga.run(|| {
+        let ps = PacketSocket::open("tap0").expect("AF_PACKET socket on A's tap0");
+        let mut rep = SendReport::default();
+        for i in 0..n_syn {
+            let i = u16::try_from(i).expect("fits");
+            let sport = 20000 + i;
+            let seg = tcp_segment(
+                (IP_A, sport),
+                (SYN_SINK, 7000 + i % 64),
+                u32::from(sport) << 12,
+                0x02,
+                None,
+                b"",
+            );
+            let f = ipv4_frame(gw, ma, IP_A, SYN_SINK, 6, i, (false, 0), &seg);
+            send_frame(&ps, &f, &mut rep);
+        }
+        rep
+    });
+    let syn_burst = t_flood.elapsed();
+    // every SYN handled: a flow or a refusal.
+    let syn_done = |v: &Value| {
+        let d = |k: &str| drop_count(v, k) - drop_count(&before, k);
+        flow_count(v, "tcp", "total") - flow_count(&before, "tcp", "total")
+            + d("guest_share_full")
+            + d("tcp_half_open_full")
+            + d("tcp_table_full")
+            >= syn_rep.sent
+    };
+    let during = wait_net_stats(&net, Duration::from_secs(10), syn_done);
+    let a_pending = flow_count(&during, "tcp", "open");
+
+    // 4a. meanwhile B connects and exchanges data.
+    let t_b = Instant::now();
+    let b_tcp = gb.run(|| echo_here(tcp_out, 0x5348_0002, 64 * 1024, Duration::from_secs(5)));
+    let b_took = t_b.elapsed();
+    let after_b = net_stats(&net);
+    let still_pending = flow_count(&after_b, "tcp", "open");
+    let d = |v: &Value, k: &str| drop_count(v, k) - drop_count(&before, k);
+    eprintln!(
+        "SYN flood: {} SYNs sent by A in {syn_burst:?} ({} failed); open TCP flows {a_pending} \
+         (A's share {tcp_share}); guest_share_full {}, tcp_half_open_full {}; B's connect + \
+         64 KiB echo {b_took:?} ({b_tcp:?}) at {:?} into the flood; open TCP flows then \
+         {still_pending}; drops {}",
+        syn_rep.sent,
+        syn_rep.failed,
+        d(&during, "guest_share_full"),
+        d(&during, "tcp_half_open_full"),
+        t_b.duration_since(t_flood),
+        after_b
+            .get("drops")
+            .map(Value::to_string)
+            .unwrap_or_default(),
+    );
+    assert!(
+        syn_rep.sent >= n_syn - 16,
+        "only {} of A's {n_syn} SYNs went into tap0",
+        syn_rep.sent
+    );
+    assert!(
+        syn_done(&during),
+        "the network did not handle A's {} SYNs within 10 s: {during}",
+        syn_rep.sent
+    );
+    if let Err(e) = b_tcp {
+        panic!(
+            "B could not connect to 198.51.100.1 and echo 64 KiB within 5 s while A's \
+             {a_pending} connects were pending ({e}; {b_took:?}): A starved the half-open \
+             table (tcp_half_open_full {}, guest_share_full {})\n{}",
+            d(&after_b, "tcp_half_open_full"),
+            d(&after_b, "guest_share_full"),
+            net.log()
+        );
+    }
+    assert!(
+        b_took <= Duration::from_secs(5),
+        "B's connect + echo took {b_took:?} during A's SYN flood"
+    );
+    assert!(
+        a_pending <= tcp_share + 8,
+        "A holds {a_pending} TCP flows (pending connects): more than half ({tcp_share}) \
+         of the half-open table ({half_open})"
+    );
+    // A's connects were still in progress when B got through (not timed out already).
+    assert!(
+        a_pending + 8 >= tcp_share && still_pending + 8 >= tcp_share,
+        "A's connects should have filled its share ({tcp_share}) and stayed in progress \
+         during B's connect: open TCP flows {a_pending} before, {still_pending} after"
+    );
+    let gsf_syn = d(&after_b, "guest_share_full");
+    assert!(
+        gsf_syn > 0 && gsf_syn + tcp_share + 16 >= syn_rep.sent,
+        "A's SYNs beyond its share should be refused as guest_share_full: {gsf_syn} of {} \
+         (share {tcp_share})",
+        syn_rep.sent
+    );
+    assert_eq!(
+        d(&after_b, "tcp_half_open_full"),
+        0,
+        "the half-open table itself never filled"
+    );
+
+    // 3b. A's UDP flood, once B's session has been idle for 11 s.
+    let idle = Duration::from_secs(11);
+    if let Some(left) = idle.checked_sub(session_idle_since.elapsed()) {
+        thread::sleep(left);
+    }
+    let before_udp = net_stats(&net);
+    let udp_rep = ga.run(|| {
+        let ps = PacketSocket::open("tap0").expect("AF_PACKET socket on A's tap0");
+        let mut rep = SendReport::default();
+        for i in 0..n_udp {
+            let i = u16::try_from(i).expect("fits");
+            let sport = 30000 + i;
+            let u = udp_datagram((IP_A, sport), (HOST_ADDR, sink_port), None, b"flood");
+            let f = ipv4_frame(gw, ma, IP_A, HOST_ADDR, 17, i, (false, 0), &u);
+            send_frame(&ps, &f, &mut rep);
+        }
+        rep
+    });
+    // every datagram handled: a new mapping, or (at A's share with none of its own to
+    // evict among the oldest) a refusal.
+    let udp_done = |v: &Value| {
+        flow_count(v, "udp", "total") - flow_count(&before_udp, "udp", "total")
+            + drop_count(v, "guest_share_full")
+            - drop_count(&before_udp, "guest_share_full")
+            >= udp_rep.sent
+    };
+    let after_udp = wait_net_stats(&net, Duration::from_secs(15), udp_done);
+    let du = |k: &str| drop_count(&after_udp, k) - drop_count(&before_udp, k);
+    let udp_open = flow_count(&after_udp, "udp", "open");
+    let evicted = du("udp_evicted");
+    eprintln!(
+        "UDP flood: {} datagrams from distinct ports sent by A ({} failed); open UDP \
+         mappings {udp_open} (A's share {udp_share}); udp_evicted {evicted}, \
+         guest_share_full {}",
+        udp_rep.sent,
+        udp_rep.failed,
+        du("guest_share_full"),
+    );
+    assert!(
+        udp_rep.sent >= n_udp - 16,
+        "only {} of A's {n_udp} datagrams went into tap0",
+        udp_rep.sent
+    );
+    assert!(
+        udp_done(&after_udp),
+        "the network did not handle A's {} datagrams within 15 s: {after_udp}",
+        udp_rep.sent
+    );
+
+    // 4b. B's session survived: the server reaches B at the address it noted, and B's
+    // next datagram comes from there.
+    let mut pushed = None;
+    for k in 0..3 {
+        session.send_to(b"push", b_mapped).expect("session push");
+        match b_sock.recv(&mut buf) {
+            Ok(n) => {
+                pushed = Some((k, buf[..n].to_vec()));
+                break;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("B's session socket: {e}"),
+        }
+    }
+    let (k, got) = pushed.unwrap_or_else(|| {
+        panic!(
+            "the server's datagrams to B's mapped address {b_mapped} never reached B's \
+             socket (port {b_port}): A's UDP flood evicted B's mapping (udp_evicted \
+             {evicted}, open mappings {udp_open})\n{}",
+            net.log()
+        )
+    });
+    assert_eq!(
+        got, b"push",
+        "B's session: what the server pushed (try {k})"
+    );
+    b_sock.send(b"again").expect("B's session: send");
+    let (n, from) = session
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("B's session datagram after the flood: {e}"));
+    assert_eq!(&buf[..n], b"again", "B's session datagram after the flood");
+    assert_eq!(
+        from, b_mapped,
+        "B's session datagram after A's flood came from another mapping"
+    );
+    // a new UDP flow from B works.
+    let b_new = gb.udp_socket();
+    b_new.connect(udp_echo.addr).expect("connect udp echo");
+    let echoed = udp_request(&b_new, b"new flow", 5, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("B's new UDP flow after A's flood: {e}\n{}", net.log()));
+    assert_eq!(echoed, b"new flow", "B's new UDP flow");
+
+    assert!(
+        udp_open <= udp_share + 8,
+        "{udp_open} UDP mappings open after A's flood: A holds more than half \
+         ({udp_share}) of the table ({udp_mappings})"
+    );
+    assert!(
+        evicted + udp_share + 16 >= udp_rep.sent,
+        "A should have made room by evicting its own mappings: udp_evicted {evicted} for \
+         {} datagrams from distinct ports (share {udp_share})",
+        udp_rep.sent
+    );
+
+    // 5. the network is alive and A was capped.
+    let end = net_stats(&net);
+    assert!(
+        drop_count(&end, "guest_share_full") > 0,
+        "guest_share_full never counted: {end}"
+    );
+    net.assert_alive("after A's floods");
+    ping_ok(&gb, "10.0.2.2", &net, "b -> gateway after A's floods");
+    drop(sink);
+}
