@@ -49,10 +49,21 @@ impl Default for Limits {
 }
 
 /// How long a guest TCP connection may take to be accepted by the host before the guest gets a reset.
-/// On a network of several guests, one guest may hold at most this fraction (1/N) of
-/// each NAT table (TCP flows, half-open connects, UDP and ICMP echo mappings), so that a guest that
-/// floods leaves the rest to the others.
-pub const GUEST_SHARE_DIV: usize = 2;
+/// On a network of several guests the NAT's tables (TCP flows, half-open connects, UDP
+/// and ICMP echo mappings) are shared so that a guest that floods cannot starve the
+/// others: every guest may hold 1/`GUEST_MIN_DIV` of a table whatever the others do
+/// (its guaranteed part); beyond that, it gets more only while the table is less than
+/// (1 - 1/`GUEST_RESERVE_DIV`) full, so the last quarter stays for the guests still
+/// within their guaranteed part. A guest alone may use three quarters of each table.
+pub const GUEST_MIN_DIV: usize = 16;
+/// See [`GUEST_MIN_DIV`].
+pub const GUEST_RESERVE_DIV: usize = 4;
+
+/// Whether a network guest holding `held` entries of a table of `cap` entries, of which
+/// `total` are taken, is refused another (see [`GUEST_MIN_DIV`]).
+pub fn over_share(held: usize, total: usize, cap: usize) -> bool {
+    held >= (cap / GUEST_MIN_DIV).max(1) && total >= cap - cap / GUEST_RESERVE_DIV
+}
 /// Time a guest TCP connect may stay in progress.
 pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(75);
 /// Idle time after which an established TCP flow with no traffic either way is reset (as libslirp/passt: 2 h).
@@ -267,5 +278,32 @@ impl Config {
 impl Default for Config {
     fn default() -> Self {
         Config::new(Ipv4Addr::new(10, 0, 2, 0), 24)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_gets_its_part_always_and_more_only_below_three_quarters() {
+        // (held by the guest, taken in all, table size) -> refused?
+        let cases = [
+            (0, 0, 1024, false),
+            (63, 1023, 1024, false), // within its 1/16: only a full table stops it
+            (64, 767, 1024, false),  // beyond it, while under 3/4
+            (64, 768, 1024, true),
+            (700, 768, 1024, true),
+            (767, 767, 1024, false), // alone, a guest reaches 3/4
+            (0, 3, 4, false),        // tiny tables: the part is at least 1
+            (1, 3, 4, true),
+        ];
+        for (held, total, cap, refused) in cases {
+            assert_eq!(
+                over_share(held, total, cap),
+                refused,
+                "{held} of {total}/{cap}"
+            );
+        }
     }
 }

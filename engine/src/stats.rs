@@ -74,9 +74,14 @@ drop_reasons! {
     TcpHalfOpenFull => "tcp_half_open_full",
     /// SYN refused because the flow table is full.
     TcpTableFull => "tcp_table_full",
-    /// A network guest's new flow refused: it holds its whole share of the NAT's
-    /// TCP flows, half-open connects or UDP mappings (`GUEST_SHARE_DIV`).
-    GuestShareFull => "guest_share_full",
+    /// A network guest's SYN refused: it holds more than its share of the TCP flows
+    /// or half-open connects while the table is nearly full (`config::over_share`).
+    TcpGuestShareFull => "tcp_guest_share_full",
+    /// A network guest's new UDP mapping refused: over its share, and none of its own
+    /// could make room.
+    UdpGuestShareFull => "udp_guest_share_full",
+    /// A network guest's new ICMP echo mapping refused: over its share.
+    IcmpGuestShareFull => "icmp_guest_share_full",
     /// TCP connection refused by policy (e.g. host loopback disabled).
     TcpRefused => "tcp_refused",
     /// UDP datagram that does not parse or has a bad checksum.

@@ -2452,28 +2452,31 @@ fn wait_net_stats(net: &Network, timeout: Duration, cond: impl Fn(&Value) -> boo
 /// A guest that floods cannot starve the others at the NAT tables: on a nat network,
 /// B opens a UDP "session" with a server on 198.51.100.1 (the server notes B's mapped
 /// address). A then sends 3 × `max_half_open` raw SYNs (distinct source ports) to
-/// [`SYN_SINK`], whose host connects stay in progress: A holds at most half of the
-/// half-open table (open TCP flows ≤ half + 8, the rest counted as `guest_share_full`),
+/// [`SYN_SINK`], whose host connects stay in progress: A holds at most three quarters of
+/// the half-open table (open TCP flows ≤ 3/4 + 8, the rest counted as
+/// `tcp_guest_share_full`: the last quarter is kept for guests within their 1/16),
 /// and while A's connects are still pending B connects to a TCP echo server on
 /// 198.51.100.1 within 5 s and exchanges 64 KiB (a table A could fill whole would drop
 /// B's SYNs as `tcp_half_open_full` for the 75 s A's connects last). Once B's session
 /// has been idle 11 s (past the 10 s grace a shared table gives recently used
 /// mappings), A sends datagrams from 1.5 × `max_udp_mappings` distinct source ports to
-/// a sink on 198.51.100.1: A holds at most half of the UDP mappings (open ≤ half + 8),
+/// a sink on 198.51.100.1: A holds at most three quarters of the UDP mappings (open ≤
+/// 3/4 + 8),
 /// making room by evicting its own (`udp_evicted` ≥ the surplus), and B's mapping
 /// survives: the server's datagram to B's noted address reaches B's socket, and B's next
 /// datagram arrives from that same address; a new UDP flow from B is echoed. The network
 /// stays up and B still pings the gateway.
 #[test]
-fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
+fn flooding_guest_leaves_the_others_their_part_of_the_nat_tables() {
     const MA: &str = "52:54:00:fa:00:01";
     const MB: &str = "52:54:00:fa:00:02";
     const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
     const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
     let half_open = config_cap("max_half_open");
     let udp_mappings = config_cap("max_udp_mappings");
-    // "one guest may hold at most half of each table".
-    let (tcp_share, udp_share) = (half_open / 2, udp_mappings / 2);
+    // A guest beyond its guaranteed part (1/16) gets no more once a table is three
+    // quarters full (engine/src/config.rs `over_share`): alone, A reaches 3/4.
+    let (tcp_share, udp_share) = (half_open - half_open / 4, udp_mappings - udp_mappings / 4);
     let n_syn = 3 * half_open;
     let n_udp = 3 * udp_mappings / 2;
 
@@ -2587,7 +2590,7 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     let syn_done = |v: &Value| {
         let d = |k: &str| drop_count(v, k) - drop_count(&before, k);
         flow_count(v, "tcp", "total") - flow_count(&before, "tcp", "total")
-            + d("guest_share_full")
+            + d("tcp_guest_share_full")
             + d("tcp_half_open_full")
             + d("tcp_table_full")
             >= syn_rep.sent
@@ -2604,12 +2607,12 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     let d = |v: &Value, k: &str| drop_count(v, k) - drop_count(&before, k);
     eprintln!(
         "SYN flood: {} SYNs sent by A in {syn_burst:?} ({} failed); open TCP flows {a_pending} \
-         (A's share {tcp_share}); guest_share_full {}, tcp_half_open_full {}; B's connect + \
+         (A's share {tcp_share}); tcp_guest_share_full {}, tcp_half_open_full {}; B's connect + \
          64 KiB echo {b_took:?} ({b_tcp:?}) at {:?} into the flood; open TCP flows then \
          {still_pending}; drops {}",
         syn_rep.sent,
         syn_rep.failed,
-        d(&during, "guest_share_full"),
+        d(&during, "tcp_guest_share_full"),
         d(&during, "tcp_half_open_full"),
         t_b.duration_since(t_flood),
         after_b
@@ -2631,9 +2634,9 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
         panic!(
             "B could not connect to 198.51.100.1 and echo 64 KiB within 5 s while A's \
              {a_pending} connects were pending ({e}; {b_took:?}): A starved the half-open \
-             table (tcp_half_open_full {}, guest_share_full {})\n{}",
+             table (tcp_half_open_full {}, tcp_guest_share_full {})\n{}",
             d(&after_b, "tcp_half_open_full"),
-            d(&after_b, "guest_share_full"),
+            d(&after_b, "tcp_guest_share_full"),
             net.log()
         );
     }
@@ -2643,7 +2646,7 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     );
     assert!(
         a_pending <= tcp_share + 8,
-        "A holds {a_pending} TCP flows (pending connects): more than half ({tcp_share}) \
+        "A holds {a_pending} TCP flows (pending connects): more than its share ({tcp_share}) \
          of the half-open table ({half_open})"
     );
     // A's connects were still in progress when B got through (not timed out already).
@@ -2652,10 +2655,10 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
         "A's connects should have filled its share ({tcp_share}) and stayed in progress \
          during B's connect: open TCP flows {a_pending} before, {still_pending} after"
     );
-    let gsf_syn = d(&after_b, "guest_share_full");
+    let gsf_syn = d(&after_b, "tcp_guest_share_full");
     assert!(
         gsf_syn > 0 && gsf_syn + tcp_share + 16 >= syn_rep.sent,
-        "A's SYNs beyond its share should be refused as guest_share_full: {gsf_syn} of {} \
+        "A's SYNs beyond its share should be refused as tcp_guest_share_full: {gsf_syn} of {} \
          (share {tcp_share})",
         syn_rep.sent
     );
@@ -2687,8 +2690,8 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     // evict among the oldest) a refusal.
     let udp_done = |v: &Value| {
         flow_count(v, "udp", "total") - flow_count(&before_udp, "udp", "total")
-            + drop_count(v, "guest_share_full")
-            - drop_count(&before_udp, "guest_share_full")
+            + drop_count(v, "udp_guest_share_full")
+            - drop_count(&before_udp, "udp_guest_share_full")
             >= udp_rep.sent
     };
     let after_udp = wait_net_stats(&net, Duration::from_secs(15), udp_done);
@@ -2698,10 +2701,10 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     eprintln!(
         "UDP flood: {} datagrams from distinct ports sent by A ({} failed); open UDP \
          mappings {udp_open} (A's share {udp_share}); udp_evicted {evicted}, \
-         guest_share_full {}",
+         udp_guest_share_full {}",
         udp_rep.sent,
         udp_rep.failed,
-        du("guest_share_full"),
+        du("udp_guest_share_full"),
     );
     assert!(
         udp_rep.sent >= n_udp - 16,
@@ -2758,8 +2761,8 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
 
     assert!(
         udp_open <= udp_share + 8,
-        "{udp_open} UDP mappings open after A's flood: A holds more than half \
-         ({udp_share}) of the table ({udp_mappings})"
+        "{udp_open} UDP mappings open after A's flood: A holds more than its \
+         share ({udp_share}) of the table ({udp_mappings})"
     );
     assert!(
         evicted + udp_share + 16 >= udp_rep.sent,
@@ -2771,8 +2774,8 @@ fn flooding_guest_holds_at_most_half_of_the_nat_tables() {
     // 5. the network is alive and A was capped.
     let end = net_stats(&net);
     assert!(
-        drop_count(&end, "guest_share_full") > 0,
-        "guest_share_full never counted: {end}"
+        drop_count(&end, "tcp_guest_share_full") > 0,
+        "tcp_guest_share_full never counted: {end}"
     );
     net.assert_alive("after A's floods");
     ping_ok(&gb, "10.0.2.2", &net, "b -> gateway after A's floods");

@@ -528,6 +528,9 @@ impl Fabric {
         if self.policy().guests.contains_key(&id) {
             self.policy_mut().set_guest(id, Vec::new());
         }
+        if let Some(r) = self.router.as_mut() {
+            r.forget_origin(id);
+        }
         Some(p)
     }
 

@@ -195,9 +195,12 @@ impl IcmpTable {
             return None;
         }
         let origin = ctx.policy.origin.port;
-        let share = (ctx.cfg.limits.max_icmp_mappings / crate::config::GUEST_SHARE_DIV).max(1);
-        if origin != 0 && self.by_origin.get(&origin).is_some_and(|&n| n >= share) {
-            ctx.drop(DropReason::GuestShareFull);
+        if origin != 0
+            && self.by_origin.get(&origin).is_some_and(|&n| {
+                crate::config::over_share(n, self.maps.len(), ctx.cfg.limits.max_icmp_mappings)
+            })
+        {
+            ctx.drop(DropReason::IcmpGuestShareFull);
             return None;
         }
         let v6 = guest.is_ipv6();
@@ -281,6 +284,17 @@ impl IcmpTable {
             );
         }
         Some(idx)
+    }
+
+    /// A network port left: its mappings stay until they expire, owned by nobody.
+    pub fn forget_origin(&mut self, origin: usize) {
+        if self.by_origin.remove(&origin).is_some() {
+            for (_, m) in self.maps.iter_mut() {
+                if m.origin == origin {
+                    m.origin = 0;
+                }
+            }
+        }
     }
 
     /// A ping socket (`Some(idx)`) or the raw socket of family `fam` (`None`) is readable.

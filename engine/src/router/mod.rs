@@ -426,6 +426,15 @@ impl Router {
         a
     }
 
+    /// Network port `origin` left: the flows and mappings it started stay until they
+    /// end but no longer count toward its share (a port given its id later starts
+    /// with none).
+    pub fn forget_origin(&mut self, origin: usize) {
+        self.tcp.forget_origin(origin);
+        self.udp.forget_origin(origin);
+        self.icmp.forget_origin(origin);
+    }
+
     /// The MAC holding (or offered) `addr` by DHCP: O(1).
     pub fn dhcp_mac_for(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
         self.dhcp.as_ref()?.mac_for_addr(addr)

@@ -439,12 +439,16 @@ impl TcpTable {
         let origin = ctx.policy.origin.port;
         if origin != 0
             && let Some(&(flows, half_open)) = self.by_origin.get(&origin)
-            && (flows >= ctx.cfg.limits.max_tcp_flows / crate::config::GUEST_SHARE_DIV
-                || half_open >= ctx.cfg.limits.max_half_open / crate::config::GUEST_SHARE_DIV)
+            && (crate::config::over_share(flows, self.flows.len(), ctx.cfg.limits.max_tcp_flows)
+                || crate::config::over_share(
+                    half_open,
+                    self.half_open,
+                    ctx.cfg.limits.max_half_open,
+                ))
         {
-            // This guest holds its share: the others keep theirs. Like a full table,
-            // a SYN dropped here is retransmitted by the guest later.
-            ctx.drop(DropReason::GuestShareFull);
+            // This guest holds more than its share: the rest is for the others. Like
+            // a full table, a SYN dropped here is retransmitted by the guest later.
+            ctx.drop(DropReason::TcpGuestShareFull);
             return;
         }
         let mut dns_stream = None;
@@ -897,6 +901,18 @@ impl TcpTable {
         let mut set = SocketSet::new(Vec::with_capacity(1));
         let handle = set.add(sock);
         (set, handle)
+    }
+
+    /// A network port left: its flows stay until they end, owned by nobody (a port
+    /// that takes its id later starts with none). O(flows), once per departure.
+    pub fn forget_origin(&mut self, origin: usize) {
+        if self.by_origin.remove(&origin).is_some() {
+            for (_, f) in self.flows.iter_mut() {
+                if f.origin == origin {
+                    f.origin = 0;
+                }
+            }
+        }
     }
 
     fn release(&mut self, ctx: &mut Ctx, idx: usize, graceful: bool) {

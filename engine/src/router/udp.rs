@@ -121,13 +121,18 @@ pub struct UdpTable {
     clock: VecDeque<usize>,
     blocked: Vec<usize>,
     buf: Vec<u8>,
-    /// Mappings per network port (ports holding none are absent).
-    by_origin: HashMap<usize, usize>,
+    /// Per network port holding some: how many mappings, and their indices oldest
+    /// first (entries whose mapping has gone since are skipped when met, and pruned
+    /// when they outnumber the live ones).
+    by_origin: HashMap<usize, Owned>,
 }
 
-/// Mappings looked at, oldest first, for one of its own when a network guest that
-/// holds its whole share opens another.
-const OWN_EVICT_SCAN: usize = 64;
+/// One network port's UDP mappings.
+#[derive(Default)]
+struct Owned {
+    count: usize,
+    order: VecDeque<usize>,
+}
 
 impl Default for UdpTable {
     fn default() -> Self {
@@ -245,18 +250,30 @@ impl UdpTable {
 
     fn open(&mut self, ctx: &mut Ctx, now: Instant, guest: SocketAddr) -> Option<usize> {
         let origin = ctx.policy.origin.port;
-        let share = (ctx.cfg.limits.max_udp_mappings / crate::config::GUEST_SHARE_DIV).max(1);
-        if origin != 0
-            && self.by_origin.get(&origin).is_some_and(|&n| n >= share)
-            && !self.evict_own(ctx, origin)
-        {
-            // A network guest holding its whole share makes room among its own
-            // mappings, never the other guests'.
-            ctx.drop(DropReason::GuestShareFull);
+        let cap = ctx.cfg.limits.max_udp_mappings;
+        let over = |t: &Self| {
+            t.by_origin
+                .get(&origin)
+                .is_some_and(|o| crate::config::over_share(o.count, t.maps.len(), cap))
+        };
+        if origin != 0 && over(self) && !self.evict_own(ctx, origin) {
+            // A network guest beyond its share makes room among its own mappings,
+            // never the other guests'.
+            ctx.drop(DropReason::UdpGuestShareFull);
             return None;
         }
-        if self.maps.len() >= ctx.cfg.limits.max_udp_mappings {
-            self.evict_one(ctx, now);
+        if self.maps.len() >= cap {
+            // Full (the guests within their guaranteed part used the reserve): the
+            // heaviest guest gives way first, else the clock picks.
+            let heaviest = self
+                .by_origin
+                .iter()
+                .filter(|&(&o, _)| o != origin)
+                .max_by_key(|(_, o)| o.count)
+                .map(|(&o, _)| o);
+            if !heaviest.is_some_and(|h| self.evict_own(ctx, h)) {
+                self.evict_one(ctx, now);
+            }
         }
         let mut sock = match crate::host::udp_socket(&ctx.cfg, guest.is_ipv6()) {
             Ok(s) => s,
@@ -288,7 +305,14 @@ impl UdpTable {
         self.by_guest.insert(guest, idx);
         self.clock.push_back(idx);
         if origin != 0 {
-            *self.by_origin.entry(origin).or_default() += 1;
+            let o = self.by_origin.entry(origin).or_default();
+            o.count += 1;
+            o.order.push_back(idx);
+            if o.order.len() > 2 * o.count + 16 {
+                let maps = &self.maps;
+                o.order
+                    .retain(|&i| maps.get(i).is_some_and(|m| m.origin == origin));
+            }
         }
         ctx.stats.flow_opened(FlowKind::Udp);
         if let Some(m) = self.maps.get_mut(idx) {
@@ -319,24 +343,34 @@ impl UdpTable {
         }
     }
 
-    /// Close the oldest of `origin`'s own mappings among the [`OWN_EVICT_SCAN`]
-    /// oldest; `false` when there is none among them.
+    /// Close the oldest of `origin`'s own mappings; `false` when it holds none.
     fn evict_own(&mut self, ctx: &mut Ctx, origin: usize) -> bool {
-        for _ in 0..OWN_EVICT_SCAN {
-            let Some(idx) = self.clock.pop_front() else {
+        loop {
+            let Some(idx) = self
+                .by_origin
+                .get_mut(&origin)
+                .and_then(|o| o.order.pop_front())
+            else {
                 return false;
             };
-            match self.maps.get(idx) {
-                Some(m) if m.origin == origin => {
-                    ctx.drop(DropReason::UdpEvicted);
-                    self.close(ctx, idx);
-                    return true;
-                }
-                Some(_) => self.clock.push_back(idx),
-                None => {}
+            if self.maps.get(idx).is_some_and(|m| m.origin == origin) {
+                ctx.drop(DropReason::UdpEvicted);
+                self.close(ctx, idx);
+                return true;
             }
         }
-        false
+    }
+
+    /// A network port left: its mappings stay until they expire, owned by nobody (a
+    /// port that takes its id later starts with none).
+    pub fn forget_origin(&mut self, origin: usize) {
+        if let Some(o) = self.by_origin.remove(&origin) {
+            for i in o.order {
+                if let Some(m) = self.maps.get_mut(i).filter(|m| m.origin == origin) {
+                    m.origin = 0;
+                }
+            }
+        }
     }
 
     fn close(&mut self, ctx: &mut Ctx, idx: usize) {
@@ -345,9 +379,9 @@ impl UdpTable {
         }
         let mut m = self.maps.remove(idx);
         self.by_guest.remove(&m.guest);
-        if let Some(n) = self.by_origin.get_mut(&m.origin) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        if let Some(o) = self.by_origin.get_mut(&m.origin) {
+            o.count = o.count.saturating_sub(1);
+            if o.count == 0 {
                 self.by_origin.remove(&m.origin);
             }
         }
