@@ -792,6 +792,28 @@ impl Vm {
     }
 
     /// Waits for a console line starting with `USERNET-<what>`; returns the rest.
+    /// The VM's lease line: its address (returned) is in the pool and not `ns_ip`, and
+    /// it names the gateway and the DNS address.
+    fn leased_beside(&mut self, ns_ip: &str, net: &Network) -> String {
+        let lease = self.wait_line("LEASE", net);
+        let field = |k: &str| {
+            lease
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let vm_ip = field("ip");
+        assert!(in_pool(&vm_ip), "the VM's lease: {lease}");
+        assert_ne!(
+            vm_ip, ns_ip,
+            "the VM and the namespace got the same address"
+        );
+        assert_eq!(field("router"), "10.0.2.2", "the VM's lease: {lease}");
+        assert_eq!(field("dns"), "10.0.2.3", "the VM's lease: {lease}");
+        vm_ip
+    }
+
     fn wait_line(&mut self, what: &str, net: &Network) -> String {
         let prefix = format!("USERNET-{what}");
         loop {
@@ -865,22 +887,7 @@ fn nat_qemu_and_namespace() {
     let ns_ip = ns_lease.get("ip").cloned().unwrap_or_default();
     assert!(in_pool(&ns_ip), "namespace lease: {ns_lease:?}");
 
-    let lease = vm.wait_line("LEASE", &net);
-    let field = |k: &str| {
-        lease
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let vm_ip = field("ip");
-    assert!(in_pool(&vm_ip), "the VM's lease: {lease}");
-    assert_ne!(
-        vm_ip, ns_ip,
-        "the VM and the namespace got the same address"
-    );
-    assert_eq!(field("router"), "10.0.2.2", "the VM's lease: {lease}");
-    assert_eq!(field("dns"), "10.0.2.3", "the VM's lease: {lease}");
+    let vm_ip = vm.leased_beside(&ns_ip, &net);
     vm.wait_line("READY", &net);
     assert_eq!(
         vm.wait_line("PING", &net),
@@ -1026,22 +1033,7 @@ fn vm_network_flag_joins_with_namespace() {
     };
     assert_ne!(vm_port, ns_port, "the VM got the namespace's port");
 
-    let lease = vm.wait_line("LEASE", &net);
-    let field = |k: &str| {
-        lease
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let vm_ip = field("ip");
-    assert!(in_pool(&vm_ip), "the VM's lease: {lease}");
-    assert_ne!(
-        vm_ip, ns_ip,
-        "the VM and the namespace got the same address"
-    );
-    assert_eq!(field("router"), "10.0.2.2", "the VM's lease: {lease}");
-    assert_eq!(field("dns"), "10.0.2.3", "the VM's lease: {lease}");
+    let vm_ip = vm.leased_beside(&ns_ip, &net);
     assert_eq!(
         vm.wait_line("PING", &net),
         "3 packets received",
